@@ -1,0 +1,53 @@
+//! The `drover` command: `drover serve` runs the server; every other subcommand is an admin client
+//! of the REST API (the same API the web UI and scripts use).
+//!
+//! # Layout
+//! - [`serve`]: configuration (defaults, TOML file, environment, flags) and running the server.
+//! - [`cli`]: admin subcommands (devices, groups, claims, tokens, audit), output and exit codes.
+
+pub mod cli;
+pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Drover: fleet management and over-the-air updates for IoT devices.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub client: cli::ClientOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Drover server (admin API, device API, metrics).
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
+}
+
+/// Entry point shared by the binary: parse, run, print errors in one line, map them to exit codes.
+pub fn main() -> ExitCode {
+    let args = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match args.command {
+        Command::Serve(serve_args) => match runtime.block_on(serve::run(serve_args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Admin(command) => runtime.block_on(cli::run(args.client, command)),
+    }
+}

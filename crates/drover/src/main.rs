@@ -1,0 +1,5 @@
+//! The `drover` binary: parses arguments and hands over to the library.
+
+fn main() -> std::process::ExitCode {
+    drover::main()
+}

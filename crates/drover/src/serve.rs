@@ -1,0 +1,131 @@
+//! `drover serve`: builds the server configuration from defaults, a TOML file, environment
+//! variables and flags (later ones win), sets up logging and runs until SIGINT / SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use drover_server::ServerConfig;
+use serde::Deserialize;
+
+/// Options of `drover serve`. Each flag also reads an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as in docs/configuration.md).
+    #[arg(long, short = 'c', env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "DROVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the embedded database and other local state [default: ./data].
+    #[arg(long, env = "DROVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store URL: sqlite:PATH or postgres://USER@HOST:PORT/DB [default: sqlite:<data-dir>/drover.db].
+    #[arg(long, env = "DROVER_STORE")]
+    pub store: Option<String>,
+    /// Let unknown devices wait in `pending` for an operator to accept them.
+    #[arg(long, env = "DROVER_ALLOW_PENDING")]
+    pub allow_pending: Option<bool>,
+    /// Secret to use for the first admin token on an empty store (at least 16 characters).
+    #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format.
+    #[arg(long, env = "DROVER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The TOML configuration file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
+    pub allow_pending: Option<bool>,
+    pub log_format: Option<LogFormat>,
+    pub pg_max_connections: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub max_import_bytes: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+}
+
+/// Merges defaults, file and arguments into a validated [`ServerConfig`].
+pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat)> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("data"));
+    let mut config = ServerConfig::with_data_dir(&data_dir);
+    if let Some(listen) = args.listen.or(file.listen) {
+        config.listen = listen;
+    }
+    if let Some(store) = args.store.clone().or(file.store) {
+        config.store_url = store;
+    }
+    if let Some(allow) = args.allow_pending.or(file.allow_pending) {
+        config.allow_pending = allow;
+    }
+    if let Some(n) = file.pg_max_connections {
+        if n == 0 {
+            bail!("pg_max_connections must be at least 1");
+        }
+        config.pg_max_connections = n;
+    }
+    if let Some(n) = file.max_body_bytes {
+        config.max_body_bytes = n;
+    }
+    if let Some(n) = file.max_import_bytes {
+        config.max_import_bytes = n;
+    }
+    config.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
+    if let Some(token) = &config.admin_token {
+        if token.len() < 16 {
+            bail!("DROVER_ADMIN_TOKEN must be at least 16 characters");
+        }
+    }
+    let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty);
+    Ok((config, log_format))
+}
+
+/// Runs the server until a termination signal.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, log_format) = build_config(&args)?;
+    init_logging(log_format);
+    let server = drover_server::start(config, drover_server::termination_signal()).await?;
+    if let Some(token) = &server.bootstrap_token {
+        // Printed once, on the first start with an empty store; only its hash is stored.
+        eprintln!();
+        eprintln!("  First start: created an admin API token. It is shown only this once:");
+        eprintln!();
+        eprintln!("    export DROVER_TOKEN={token}");
+        eprintln!();
+    }
+    eprintln!("drover is serving on http://{}", server.addr);
+    server.wait().await
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

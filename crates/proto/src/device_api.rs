@@ -1,0 +1,68 @@
+//! Bodies of the device API (`/api/device/v1`): what firmware sends and receives.
+
+use drover_core::{DeviceId, DeviceStatus, DeviceType, HardwareId, Label, Version};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /api/device/v1/provision`: a device asks for its credential.
+///
+/// Three ways in: with a `claim_token` (the operator's bulk enrolment secret); as a pre-authorised
+/// device (the operator registered `hardware_id` first, optionally with a `preauth_secret`); or, when
+/// the server allows it, as an unknown device that waits in `pending` for an operator. A pending
+/// device sends a random `nonce` (16–128 characters) and repeats the same request until accepted;
+/// only the holder of that nonce receives the credential.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    #[schema(value_type = String)]
+    pub hardware_id: HardwareId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preauth_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Requested device id; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub device_id: Option<DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub device_type: Option<DeviceType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub hw_rev: Option<Label>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub firmware: Option<Version>,
+}
+
+/// Response to a provisioning request: `200` with the credential (shown once), or `202` while the
+/// device waits for an operator (`status = pending`, no credential).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProvisionResponse {
+    #[schema(value_type = String)]
+    pub device_id: DeviceId,
+    #[schema(value_type = String)]
+    pub status: DeviceStatus,
+    /// Bearer credential for every later device API call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// For a pending device: when to ask again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// `GET /api/device/v1/whoami`: the device's own record, as the server knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    #[schema(value_type = String)]
+    pub device_id: DeviceId,
+    #[schema(value_type = String)]
+    pub device_type: DeviceType,
+    #[schema(value_type = String)]
+    pub status: DeviceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub firmware: Option<Version>,
+}

@@ -1,0 +1,48 @@
+//! Drover's wire types: the JSON bodies of the admin REST API (`/api/v1`) and the device API
+//! (`/api/device/v1`), shared by the server, the CLI and device-side code.
+//!
+//! These types are a contract with operators' scripts and with firmware already in the field: add
+//! optional fields freely, never rename or remove one without a new API version. Request types reject
+//! unknown fields so that a typo is an error, not a silently ignored setting. Identifiers are core
+//! newtypes, so a body that deserialises is already valid.
+//!
+//! # Layout
+//! - [`error`]: the one error body every endpoint returns.
+//! - [`devices`]: device registry requests and views, import and bulk update.
+//! - [`groups`]: static and dynamic groups.
+//! - [`auth`]: operator API tokens, roles and claim tokens.
+//! - [`audit`]: audit log entries.
+//! - [`device_api`]: what devices send and receive (provisioning, whoami).
+
+pub mod audit;
+pub mod auth;
+pub mod device_api;
+pub mod devices;
+pub mod error;
+pub mod groups;
+
+/// A page of results with an opaque cursor for the next one (keyset pagination: stable while rows
+/// are added or removed elsewhere in the list).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to fetch the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A count of matching items.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Count {
+    pub count: u64,
+}
+
+/// Deserialises a field that distinguishes "absent" (`None`) from "null" (`Some(None)`), for PATCH
+/// bodies where `null` clears a value.
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}

@@ -1,0 +1,55 @@
+//! The server's validated configuration. The `drover` binary builds it from defaults, a TOML file,
+//! environment variables and flags (in rising priority).
+
+use std::net::SocketAddr;
+
+/// Everything `drover serve` needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP listen address (admin API, device API, health, metrics).
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` (default, under the data directory) or `postgres://…`.
+    pub store_url: String,
+    /// PostgreSQL connection pool size.
+    pub pg_max_connections: usize,
+    /// Use this secret for the first admin token instead of generating one (from `DROVER_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Let unknown devices wait in `pending` for an operator instead of being refused.
+    pub allow_pending: bool,
+    /// Largest JSON request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest bulk-import upload, in bytes.
+    pub max_import_bytes: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a laptop: port 8080 on localhost, SQLite under `data_dir`.
+    pub fn with_data_dir(data_dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            store_url: format!("sqlite:{}", data_dir.join("drover.db").display()),
+            pg_max_connections: 16,
+            admin_token: None,
+            allow_pending: false,
+            max_body_bytes: 1 << 20,
+            max_import_bytes: 1 << 30,
+        }
+    }
+
+    /// The store URL without any password, for logs and error messages.
+    pub fn redacted_store_url(&self) -> String {
+        redact_url(&self.store_url)
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host` with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_owned()
+}

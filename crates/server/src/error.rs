@@ -1,0 +1,98 @@
+//! The one error type of the HTTP layer: every failure becomes `{"error": {code, message, details}}`
+//! with a 4xx that says what was wrong, or a 5xx that reveals nothing and logs the cause.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use drover_proto::error::{ErrorBody, ErrorDetail};
+use drover_store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), details: None }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// A fleet query that does not parse: 400 with the column and a caret rendering.
+    pub fn query(source: &str, err: &drover_core::query::QueryError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", err.to_string()).with_details(serde_json::json!({
+            "column": err.column,
+            "query": source,
+            "pointer": err.render(source),
+        }))
+    }
+
+    /// A server-side failure: logged in full, answered with a generic message.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Invalid(m) => ApiError::unprocessable(m),
+            StoreError::Unauthorized(m) => ApiError::unauthorized(m),
+            StoreError::Forbidden(m) => ApiError::forbidden(m),
+            StoreError::Import(lines) => {
+                let n = lines.len();
+                let lines: Vec<_> = lines
+                    .into_iter()
+                    .take(100)
+                    .map(|(line, message)| serde_json::json!({ "line": line, "message": message }))
+                    .collect();
+                let first = lines.first().map(|l| format!(": line {}: {}", l["line"], l["message"].as_str().unwrap_or(""))).unwrap_or_default();
+                ApiError::unprocessable(format!("import rejected, nothing was written; {n} line(s) have errors{first}"))
+                    .with_details(serde_json::json!({ "lines": lines }))
+            }
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "store unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry later")
+            }
+            other @ (StoreError::Config(_) | StoreError::Corrupt(_) | StoreError::Backend(_)) => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message, details: self.details } };
+        (self.status, Json(body)).into_response()
+    }
+}

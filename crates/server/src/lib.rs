@@ -1,0 +1,161 @@
+//! Drover's server: the admin REST API (`/api/v1`), the device API (`/api/device/v1`), health and
+//! metrics endpoints, on top of [`drover_store::Store`].
+//!
+//! Only this crate knows axum. Handlers validate input at the edge (core newtypes, the query parser),
+//! call one store operation, and map its result to JSON; business rules live in the store's
+//! transactional operations and in `drover-core`.
+//!
+//! # Layout
+//! - [`config`]: the validated server configuration.
+//! - `error`: `ApiError`, the one error body every endpoint returns.
+//! - `extract`: extractors for JSON bodies, query strings, operator tokens and device credentials.
+//! - `routes`: handlers, one module per resource (devices, groups, auth, audit, device API, ops).
+//! - `import`: streaming CSV / JSON-lines parsing for bulk device import.
+//! - `metrics`: Prometheus metrics and the request-metrics middleware.
+//! - `openapi`: the OpenAPI 3 document generated from the handlers' annotations.
+
+pub mod config;
+mod error;
+mod extract;
+mod import;
+mod metrics;
+mod openapi;
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use drover_core::Timestamp;
+use drover_store::{Store, StoreOptions, TokenAuth};
+
+pub use config::ServerConfig;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServerConfig>,
+    metrics: Arc<metrics::Metrics>,
+    /// When each token's `last_used_at` was last written, so that busy tokens cost one write a minute.
+    token_touches: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl AppState {
+    fn note_token_use(&self, auth: &TokenAuth, now: Timestamp) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let mut touches = self.token_touches.lock().unwrap_or_else(|p| p.into_inner());
+        let due = touches.get(&auth.id).is_none_or(|at| at.elapsed() >= EVERY);
+        if due {
+            touches.insert(auth.id.clone(), Instant::now());
+            let (store, id) = (self.store.clone(), auth.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_token(&id, now).await {
+                    tracing::warn!(error = %e, token = %id, "could not record token use");
+                }
+            });
+        }
+    }
+}
+
+/// The current time as a [`Timestamp`]; the only clock the HTTP layer reads.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Timestamp::from_millis(ms)
+}
+
+/// A running server: its address and a handle to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub store: Store,
+    /// The admin token created on first start, if one was created (shown once).
+    pub bootstrap_token: Option<String>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, finishes in-flight requests and waits for the server to exit.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits until the server exits on its own (it does so on SIGINT / SIGTERM when started by
+    /// [`serve`]).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let _keep = self.shutdown.take();
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Opens the store, prepares the first admin token if needed, binds the listener and starts serving.
+/// `shutdown_signal` stops the server gracefully when it completes.
+pub async fn start(
+    config: ServerConfig,
+    shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    let store = Store::open(&config.store_url, &StoreOptions { pg_max_connections: config.pg_max_connections })
+        .await
+        .with_context(|| format!("cannot open the store at {}", config.redacted_store_url()))?;
+    let bootstrap_token = store
+        .bootstrap_admin(config.admin_token.clone(), now())
+        .await
+        .context("cannot create the first admin token")?
+        .filter(|_| config.admin_token.is_none());
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e} (choose another address with --listen, DROVER_LISTEN or `listen` in the config file)",
+            config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        metrics: Arc::new(metrics::Metrics::new()),
+        token_touches: Arc::default(),
+    };
+    let router = routes::router(state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = rx => {}
+                    _ = shutdown_signal => {}
+                }
+            })
+            .await
+            .context("HTTP server failed")
+    });
+    tracing::info!(%addr, store = store.backend_name(), "drover is listening");
+    Ok(RunningServer { addr, store, bootstrap_token, shutdown: Some(tx), task })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,50 @@
+//! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations and the wire
+//! types' schemas, served at `/api/v1/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{audit, auth, device_api, devices, groups};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Drover API", description = "Fleet management and OTA updates. Admin API under /api/v1 (operator tokens), device API under /api/device/v1 (device credentials)."),
+    paths(
+        devices::list, devices::count, devices::create, devices::get, devices::update, devices::delete,
+        devices::decommission, devices::accept, devices::reject, devices::rotate_credential,
+        devices::revoke_credentials, devices::groups, devices::bulk_update, devices::import,
+        groups::list, groups::create, groups::get, groups::update, groups::delete, groups::devices,
+        groups::add_members, groups::remove_members,
+        auth::whoami, auth::list_tokens, auth::create_token, auth::revoke_token,
+        auth::list_claims, auth::create_claim, auth::get_claim, auth::revoke_claim,
+        audit::list, crate::routes::check_query,
+        device_api::provision, device_api::whoami,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "devices", description = "Device registry"),
+        (name = "groups", description = "Static and dynamic groups"),
+        (name = "auth", description = "Operator tokens and claim tokens"),
+        (name = "audit", description = "Audit log"),
+        (name = "device", description = "Device API"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build())
+        };
+        components.add_security_scheme("bearer", bearer("Operator API token (admin, operator or viewer)"));
+        components.add_security_scheme("device", bearer("Device credential from provisioning"));
+    }
+}
+
+/// The generated document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

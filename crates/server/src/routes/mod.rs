@@ -1,0 +1,103 @@
+//! The HTTP routes: admin API, device API, health and metrics, with the shared middleware.
+
+pub mod audit;
+pub mod auth;
+pub mod device_api;
+pub mod devices;
+pub mod groups;
+pub mod ops;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Builds the full router around `state`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let max_import = state.config.max_import_bytes;
+    let admin = Router::new()
+        .route("/devices", get(devices::list).post(devices::create))
+        .route("/devices/count", get(devices::count))
+        .route("/devices/bulk-update", post(devices::bulk_update))
+        .route(
+            "/devices/import",
+            // The import streams its body and enforces its own, larger limit.
+            post(devices::import).layer(DefaultBodyLimit::max(max_import)),
+        )
+        .route("/devices/{id}", get(devices::get).patch(devices::update).delete(devices::delete))
+        .route("/devices/{id}/decommission", post(devices::decommission))
+        .route("/devices/{id}/accept", post(devices::accept))
+        .route("/devices/{id}/reject", post(devices::reject))
+        .route("/devices/{id}/credentials", post(devices::rotate_credential).delete(devices::revoke_credentials))
+        .route("/devices/{id}/groups", get(devices::groups))
+        .route("/groups", get(groups::list).post(groups::create))
+        .route("/groups/{name}", get(groups::get).patch(groups::update).delete(groups::delete))
+        .route("/groups/{name}/devices", get(groups::devices))
+        .route("/groups/{name}/members", post(groups::add_members).delete(groups::remove_members))
+        .route("/claims", get(auth::list_claims).post(auth::create_claim))
+        .route("/claims/{id}", get(auth::get_claim).delete(auth::revoke_claim))
+        .route("/tokens", get(auth::list_tokens).post(auth::create_token))
+        .route("/tokens/{id}", axum::routing::delete(auth::revoke_token))
+        .route("/whoami", get(auth::whoami))
+        .route("/audit", get(audit::list))
+        .route("/query/check", get(check_query))
+        .route("/openapi.json", get(openapi));
+    let device = Router::new()
+        .route("/provision", post(device_api::provision))
+        .route("/whoami", get(device_api::whoami));
+    Router::new()
+        .nest("/api/v1", admin)
+        .nest("/api/device/v1", device)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document())
+}
+
+/// A fleet query's canonical form, or where it is wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct QueryCheck {
+    pub canonical: String,
+}
+
+/// Checks a fleet query without running it.
+#[utoipa::path(get, path = "/api/v1/query/check", tag = "devices", params(devices::QueryParams),
+    responses((status = 200, body = QueryCheck), (status = 400, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn check_query(
+    _auth: crate::extract::Operator,
+    crate::extract::ApiQuery(params): crate::extract::ApiQuery<devices::QueryParams>,
+) -> Result<Json<QueryCheck>, ApiError> {
+    let query = devices::parse_query(params.q.as_deref())?;
+    Ok(Json(QueryCheck { canonical: query.to_string() }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not supported on {}", uri.path()),
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::internal("handler panicked").into_response()
+}

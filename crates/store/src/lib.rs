@@ -1,0 +1,463 @@
+//! Drover's storage: one API ([`Store`]) over two real backends, SQLite (the embedded default) and
+//! PostgreSQL (for scale-out), chosen by the URL scheme.
+//!
+//! Every operation is one transaction. Mutations write their audit-log entry in the same
+//! transaction, so an action is either done and audited or not done at all.
+//!
+//! # Layout
+//! - [`db`]: the value/row types and the `Db` trait that both backends implement.
+//! - `sqlite`, `postgres`: the backends (connections, transactions, type mapping).
+//! - `migrate`: versioned schema migrations per backend (`migrations/{sqlite,postgres}/*.sql`).
+//! - `ops`: the operations, written once against `Db`: devices, groups, credentials and
+//!   provisioning, tokens and claims, audit.
+//! - [`secret`]: random secrets and their hashes.
+
+pub mod db;
+mod migrate;
+mod ops;
+mod postgres;
+pub mod secret;
+mod sqlite;
+pub mod testing;
+
+use std::path::PathBuf;
+
+use drover_core::query::Query;
+use drover_core::{Device, DeviceId, GroupName, Timestamp};
+use drover_proto::audit::AuditEntry;
+use drover_proto::auth::{ClaimView, NewClaim, NewToken, TokenView};
+use drover_proto::devices::{DevicePatch, DeviceSort, ImportResult, NewDevice, OnConflict, SortOrder};
+use drover_proto::groups::{GroupPatch, GroupView, NewGroup};
+use drover_proto::Page;
+
+pub use ops::audit::AuditFilter;
+pub use ops::auth::{Actor, TokenAuth};
+pub use ops::devices::{ImportMsg, ImportRow};
+pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
+
+use crate::db::Db;
+use crate::postgres::PgBackend;
+use crate::sqlite::SqliteBackend;
+
+/// Everything that can go wrong in the store, by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named object does not exist.
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// The request conflicts with existing state (duplicate id, hardware id in use, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed but not allowed in the current state.
+    #[error("{0}")]
+    Invalid(String),
+    /// Authentication failed; the message says why in terms safe to show the caller.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request is valid but the caller may not do it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A bulk import was rejected; each entry is a line number and what is wrong with it.
+    #[error("import rejected: {} line(s) have errors", .0.len())]
+    Import(Vec<(u64, String)>),
+    /// The store's configuration is wrong (bad URL, unreachable database, unwritable directory).
+    #[error("{0}")]
+    Config(String),
+    /// The database is temporarily unreachable or overloaded.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database returned data Drover cannot read.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    pub(crate) fn sqlite(e: rusqlite::Error) -> StoreError {
+        if let rusqlite::Error::SqliteFailure(err, msg) = &e {
+            let detail = msg.clone().unwrap_or_default();
+            match err.extended_code {
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                    return StoreError::Conflict(format!("already exists ({detail})"));
+                }
+                rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                    return StoreError::Conflict(format!("still referenced ({detail})"));
+                }
+                _ => {}
+            }
+            if err.code == rusqlite::ErrorCode::DatabaseBusy || err.code == rusqlite::ErrorCode::DatabaseLocked {
+                return StoreError::Unavailable(format!("sqlite busy: {detail}"));
+            }
+        }
+        StoreError::Backend(format!("sqlite: {e}"))
+    }
+
+    pub(crate) fn not_found(kind: &'static str, id: impl ToString) -> StoreError {
+        StoreError::NotFound { kind, id: id.to_string() }
+    }
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connection pool size for PostgreSQL.
+    pub pg_max_connections: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { pg_max_connections: 16 }
+    }
+}
+
+/// Which backend a [`Store`] uses.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteBackend),
+    Postgres(PgBackend),
+}
+
+/// The storage API. Cheap to clone; all clones share the connections.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` (generic code over `$db: &mut impl Db`) in a write or read transaction of whichever
+/// backend the store uses. The body is type-checked once per backend.
+macro_rules! with_db {
+    ($store:expr, $mode:ident, |$db:ident| $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(backend) => {
+                backend.$mode(move |mut conn| Box::pin(async move { let $db = &mut conn; $body })).await
+            }
+            Backend::Postgres(backend) => {
+                backend.$mode(move |mut conn| Box::pin(async move { let $db = &mut conn; $body })).await
+            }
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store named by `url` and applies pending migrations.
+    ///
+    /// `sqlite:PATH` or `sqlite://PATH` (or a plain file path) selects SQLite, creating the file and
+    /// its directory on first start; `postgres://` or `postgresql://` selects PostgreSQL.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(PgBackend::open(url, options.pg_max_connections).await?)
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            if path.is_empty() || path.contains("://") {
+                return Err(StoreError::Config(format!(
+                    "unsupported store URL {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
+                )));
+            }
+            let path = PathBuf::from(path);
+            let backend = tokio::task::spawn_blocking(move || SqliteBackend::open(&path))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??;
+            Backend::Sqlite(backend)
+        };
+        let store = Store { backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        with_db!(self, write, |db| migrate::run(db).await)
+    }
+
+    /// Highest applied schema version.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        with_db!(self, read, |db| migrate::current_version(db).await)
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_db!(self, read, |db| db.query("SELECT 1", &[]).await.map(drop))
+    }
+
+    /// Refreshes the query planner's statistics (run after large imports and periodically).
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        with_db!(self, write, |db| db.execute("ANALYZE", &[]).await.map(drop))
+    }
+
+    // ---- devices -------------------------------------------------------------------------------
+
+    /// Registers a device; returns it and, when asked for, its new credential.
+    pub async fn create_device(
+        &self,
+        actor: &Actor,
+        new: NewDevice,
+        now: Timestamp,
+    ) -> Result<(Device, Option<String>), StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::devices::create(db, &actor, new, now).await)
+    }
+
+    /// One device by id.
+    pub async fn get_device(&self, id: &DeviceId) -> Result<Device, StoreError> {
+        let id = id.clone();
+        with_db!(self, read, |db| ops::devices::get(db, &id).await)
+    }
+
+    /// Applies a partial update.
+    pub async fn update_device(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        patch: DevicePatch,
+        now: Timestamp,
+    ) -> Result<Device, StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::devices::update(db, &actor, &id, patch, now).await)
+    }
+
+    /// Deletes a device and everything attached to it (tags, memberships, credentials).
+    pub async fn delete_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<(), StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::devices::delete(db, &actor, &id, now).await)
+    }
+
+    /// Decommissions a device: revokes its credentials, keeps its history, frees its hardware id.
+    pub async fn decommission_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::devices::decommission(db, &actor, &id, now).await)
+    }
+
+    /// A page of devices matching `query`, in `sort` order, after `cursor`.
+    pub async fn list_devices(
+        &self,
+        query: &Query,
+        sort: DeviceSort,
+        order: SortOrder,
+        cursor: Option<&str>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page<Device>, StoreError> {
+        let query = query.clone();
+        let cursor = cursor.map(str::to_owned);
+        with_db!(self, read, |db| ops::devices::list(db, &query, sort, order, cursor.as_deref(), limit, now).await)
+    }
+
+    /// Number of devices matching `query`.
+    pub async fn count_devices(&self, query: &Query, now: Timestamp) -> Result<u64, StoreError> {
+        let query = query.clone();
+        with_db!(self, read, |db| ops::devices::count(db, &query, now).await)
+    }
+
+    /// Number of devices in each lifecycle status.
+    pub async fn count_devices_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        with_db!(self, read, |db| ops::devices::count_by_status(db).await)
+    }
+
+    /// Applies `patch` to every device matching `query`; returns how many matched and how many changed.
+    pub async fn bulk_update_devices(
+        &self,
+        actor: &Actor,
+        query: &Query,
+        patch: DevicePatch,
+        now: Timestamp,
+    ) -> Result<(u64, u64), StoreError> {
+        let (actor, query) = (actor.clone(), query.clone());
+        with_db!(self, write, |db| ops::devices::bulk_update(db, &actor, &query, patch, now).await)
+    }
+
+    /// Imports devices streamed through `rx` in one transaction. The import commits only when
+    /// [`ImportMsg::Commit`] arrives; [`ImportMsg::Abort`] or a closed channel rolls everything back.
+    pub async fn import_devices(
+        &self,
+        actor: &Actor,
+        on_conflict: OnConflict,
+        rx: tokio::sync::mpsc::Receiver<ImportMsg>,
+        now: Timestamp,
+    ) -> Result<ImportResult, StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::devices::import(db, &actor, on_conflict, rx, now).await)
+    }
+
+    // ---- credentials and provisioning ----------------------------------------------------------
+
+    /// Replaces a device's credential; returns the new secret (shown once).
+    pub async fn rotate_credential(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<String, StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::provision::rotate_credential(db, &actor, &id, now).await)
+    }
+
+    /// Revokes every credential of a device; returns how many were active.
+    pub async fn revoke_credentials(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::provision::revoke_credentials(db, &actor, &id, now).await)
+    }
+
+    /// Accepts a pending device: it may fetch its credential with its nonce.
+    pub async fn accept_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::provision::accept(db, &actor, &id, now).await)
+    }
+
+    /// Rejects a pending device.
+    pub async fn reject_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+        let (actor, id) = (actor.clone(), id.clone());
+        with_db!(self, write, |db| ops::provision::reject(db, &actor, &id, now).await)
+    }
+
+    /// Handles a device's provisioning request.
+    pub async fn provision(
+        &self,
+        request: drover_proto::device_api::ProvisionRequest,
+        options: ProvisionOptions,
+        now: Timestamp,
+    ) -> Result<ProvisionOutcome, StoreError> {
+        with_db!(self, write, |db| ops::provision::provision(db, request, options, now).await)
+    }
+
+    /// The device that owns an active credential.
+    pub async fn authenticate_device(&self, credential: &str) -> Result<Device, StoreError> {
+        let hash = secret::hash(credential);
+        with_db!(self, read, |db| ops::provision::authenticate(db, &hash).await)
+    }
+
+    // ---- groups --------------------------------------------------------------------------------
+
+    pub async fn create_group(&self, actor: &Actor, new: NewGroup, now: Timestamp) -> Result<GroupView, StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::groups::create(db, &actor, new, now).await)
+    }
+
+    /// A group with its current member count.
+    pub async fn get_group(&self, name: &GroupName, now: Timestamp) -> Result<GroupView, StoreError> {
+        let name = name.clone();
+        with_db!(self, read, |db| ops::groups::get(db, &name, now).await)
+    }
+
+    /// All groups, by name.
+    pub async fn list_groups(&self) -> Result<Vec<GroupView>, StoreError> {
+        with_db!(self, read, |db| ops::groups::list(db).await)
+    }
+
+    pub async fn update_group(
+        &self,
+        actor: &Actor,
+        name: &GroupName,
+        patch: GroupPatch,
+        now: Timestamp,
+    ) -> Result<GroupView, StoreError> {
+        let (actor, name) = (actor.clone(), name.clone());
+        with_db!(self, write, |db| ops::groups::update(db, &actor, &name, patch, now).await)
+    }
+
+    pub async fn delete_group(&self, actor: &Actor, name: &GroupName, now: Timestamp) -> Result<(), StoreError> {
+        let (actor, name) = (actor.clone(), name.clone());
+        with_db!(self, write, |db| ops::groups::delete(db, &actor, &name, now).await)
+    }
+
+    /// Adds devices to a static group; all ids must exist. Returns how many were newly added.
+    pub async fn add_group_members(
+        &self,
+        actor: &Actor,
+        name: &GroupName,
+        ids: Vec<DeviceId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let (actor, name) = (actor.clone(), name.clone());
+        with_db!(self, write, |db| ops::groups::change_members(db, &actor, &name, ids, true, now).await)
+    }
+
+    /// Removes devices from a static group. Returns how many were members.
+    pub async fn remove_group_members(
+        &self,
+        actor: &Actor,
+        name: &GroupName,
+        ids: Vec<DeviceId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let (actor, name) = (actor.clone(), name.clone());
+        with_db!(self, write, |db| ops::groups::change_members(db, &actor, &name, ids, false, now).await)
+    }
+
+    /// The query that selects a group's members: `group = NAME` for a static group, the group's own
+    /// query for a dynamic one.
+    pub async fn group_query(&self, name: &GroupName) -> Result<Query, StoreError> {
+        let name = name.clone();
+        with_db!(self, read, |db| ops::groups::membership_query(db, &name).await)
+    }
+
+    /// Names of the groups (static and dynamic) a device belongs to right now.
+    pub async fn device_groups(&self, id: &DeviceId, now: Timestamp) -> Result<Vec<GroupName>, StoreError> {
+        let id = id.clone();
+        with_db!(self, read, |db| ops::groups::device_groups(db, &id, now).await)
+    }
+
+    // ---- operator tokens, claims, audit --------------------------------------------------------
+
+    /// Creates the first admin token if there are no tokens at all. Returns the secret when one was
+    /// created (`preset` is used as the secret when given).
+    pub async fn bootstrap_admin(&self, preset: Option<String>, now: Timestamp) -> Result<Option<String>, StoreError> {
+        with_db!(self, write, |db| ops::auth::bootstrap_admin(db, preset, now).await)
+    }
+
+    pub async fn create_token(&self, actor: &Actor, new: NewToken, now: Timestamp) -> Result<(TokenView, String), StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::auth::create_token(db, &actor, new, now).await)
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, StoreError> {
+        with_db!(self, read, |db| ops::auth::list_tokens(db).await)
+    }
+
+    pub async fn revoke_token(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<TokenView, StoreError> {
+        let (actor, id) = (actor.clone(), id.to_owned());
+        with_db!(self, write, |db| ops::auth::revoke_token(db, &actor, &id, now).await)
+    }
+
+    /// Checks an operator token secret; returns who it belongs to, or why it is refused.
+    pub async fn authenticate_token(&self, secret: &str, now: Timestamp) -> Result<TokenAuth, StoreError> {
+        let hash = secret::hash(secret);
+        with_db!(self, read, |db| ops::auth::authenticate_token(db, &hash, now).await)
+    }
+
+    /// Records that a token was used (callers throttle this; it is a write).
+    pub async fn touch_token(&self, id: &str, now: Timestamp) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        with_db!(self, write, |db| ops::auth::touch_token(db, &id, now).await)
+    }
+
+    pub async fn create_claim(&self, actor: &Actor, new: NewClaim, now: Timestamp) -> Result<(ClaimView, String), StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::auth::create_claim(db, &actor, new, now).await)
+    }
+
+    pub async fn list_claims(&self) -> Result<Vec<ClaimView>, StoreError> {
+        with_db!(self, read, |db| ops::auth::list_claims(db).await)
+    }
+
+    pub async fn get_claim(&self, id: &str) -> Result<ClaimView, StoreError> {
+        let id = id.to_owned();
+        with_db!(self, read, |db| ops::auth::get_claim(db, &id).await)
+    }
+
+    pub async fn revoke_claim(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<ClaimView, StoreError> {
+        let (actor, id) = (actor.clone(), id.to_owned());
+        with_db!(self, write, |db| ops::auth::revoke_claim(db, &actor, &id, now).await)
+    }
+
+    /// Audit entries matching `filter`, newest first.
+    pub async fn list_audit(&self, filter: AuditFilter) -> Result<Page<AuditEntry>, StoreError> {
+        with_db!(self, read, |db| ops::audit::list(db, &filter).await)
+    }
+}

@@ -1,0 +1,91 @@
+//! Versioned schema migrations, applied in order at start-up, each in the start-up transaction.
+//!
+//! Each backend has its own SQL per version (`migrations/sqlite`, `migrations/postgres`) describing
+//! the same logical schema. On PostgreSQL an advisory lock serialises replicas starting together.
+
+use drover_core::query::Dialect;
+
+use crate::db::{Db, Value};
+use crate::StoreError;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "registry",
+    sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
+    postgres: include_str!("../migrations/postgres/0001_registry.sql"),
+}];
+
+/// Arbitrary constant identifying Drover's migration lock.
+const PG_MIGRATION_LOCK: i64 = 0x4452_4f56_4552;
+
+pub async fn run<D: Db>(db: &mut D) -> Result<(), StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        db.query("SELECT pg_advisory_xact_lock($1)", &[Value::Int(PG_MIGRATION_LOCK)]).await?;
+    }
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        &[],
+    )
+    .await?;
+    let current = current_version(db).await?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > latest {
+        return Err(StoreError::Config(format!(
+            "the database schema is version {current}, newer than this Drover understands ({latest}); upgrade Drover"
+        )));
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let sql = match db.dialect() {
+            Dialect::Sqlite => migration.sqlite,
+            Dialect::Postgres => migration.postgres,
+        };
+        for statement in split_statements(sql) {
+            db.execute(&statement, &[]).await.map_err(|e| {
+                StoreError::Backend(format!("migration {} ({}) failed: {e}", migration.version, migration.name))
+            })?;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        db.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            &[Value::Int(migration.version), Value::from(migration.name), Value::Int(now)],
+        )
+        .await?;
+        tracing::info!(version = migration.version, name = migration.name, "applied migration");
+    }
+    Ok(())
+}
+
+pub async fn current_version<D: Db>(db: &mut D) -> Result<i64, StoreError> {
+    let row = db.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await?;
+    row.int(0)
+}
+
+/// Splits a migration file into statements at `;` line ends, dropping `--` comment lines.
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            statements.push(std::mem::take(&mut current).trim().trim_end_matches(';').to_owned());
+        }
+    }
+    if !current.trim().is_empty() {
+        statements.push(current.trim().to_owned());
+    }
+    statements
+}

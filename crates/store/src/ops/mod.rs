@@ -1,0 +1,20 @@
+//! Store operations, each written once against [`crate::db::Db`] and run by both backends.
+
+pub mod audit;
+pub mod auth;
+pub mod devices;
+pub mod groups;
+pub mod provision;
+
+use drover_core::Timestamp;
+
+use crate::db::Value;
+
+/// Stored form of an optional timestamp.
+pub(crate) fn opt_ts(value: Option<i64>) -> Option<Timestamp> {
+    value.map(Timestamp::from_millis)
+}
+
+pub(crate) fn ts(value: Timestamp) -> Value {
+    Value::Int(value.as_millis())
+}
