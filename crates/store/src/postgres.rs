@@ -108,7 +108,10 @@ fn convert_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
     let mut values = Vec::with_capacity(row.len());
     for (idx, column) in row.columns().iter().enumerate() {
         let ty = column.type_();
-        let value = if *ty == Type::INT8 {
+        let value = if *ty == Type::VOID {
+            // e.g. `SELECT pg_advisory_xact_lock(…)`: there is nothing to read.
+            Ok(Value::Null)
+        } else if *ty == Type::INT8 {
             row.try_get::<_, Option<i64>>(idx).map(|v| v.map_or(Value::Null, Value::Int))
         } else if *ty == Type::INT4 {
             row.try_get::<_, Option<i32>>(idx).map(|v| v.map_or(Value::Null, |i| Value::Int(i.into())))

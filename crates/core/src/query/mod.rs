@@ -108,6 +108,21 @@ impl Query {
         sql::compile(&self.expr, dialect, now, first_param)
     }
 
+    /// True if the query tests membership of the static group `name`.
+    pub fn mentions_group(&self, name: &GroupName) -> bool {
+        fn walk(expr: &Expr, name: &GroupName) -> bool {
+            match expr {
+                Expr::All => false,
+                Expr::Or(items) | Expr::And(items) => items.iter().any(|e| walk(e, name)),
+                Expr::Not(inner) => walk(inner, name),
+                Expr::Predicate(p) => {
+                    p.field == Field::Group && p.values.iter().any(|v| matches!(v, Value::Group(g) if g == name))
+                }
+            }
+        }
+        walk(&self.expr, name)
+    }
+
     /// Devices matching both queries (used to narrow a group's members by a search).
     pub fn and(self, other: Query) -> Query {
         let mut operands = Vec::new();

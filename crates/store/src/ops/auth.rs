@@ -241,11 +241,12 @@ pub async fn create_claim<D: Db>(
         let kind = db
             .query_opt("SELECT kind FROM groups WHERE name = $1", &[Value::from(group.as_str())])
             .await?
-            .ok_or_else(|| StoreError::Invalid(format!("group {group:?} does not exist")))?
+            .ok_or_else(|| StoreError::Invalid(format!("group {:?} does not exist", group.as_str())))?
             .text(0)?;
         if kind != "static" {
             return Err(StoreError::Invalid(format!(
-                "group {group:?} is dynamic; a claim can only add devices to a static group"
+                "group {:?} is dynamic; a claim can only add devices to a static group",
+                group.as_str()
             )));
         }
     }

@@ -126,7 +126,8 @@ pub(crate) async fn check_hw_id_free<D: Db>(db: &mut D, hw_id: &HardwareId, exce
     if let Some(row) = row {
         if Some(row.int(0)?) != except_seq {
             return Err(StoreError::Conflict(format!(
-                "hardware id {hw_id:?} is already used by device {:?}",
+                "hardware id {:?} is already used by device {:?}",
+                hw_id.as_str(),
                 row.text(1)?
             )));
         }

@@ -65,7 +65,7 @@ async fn check_parent<D: Db>(db: &mut D, child: &GroupName, parent: &GroupName) 
             return Err(StoreError::Invalid(format!("group {parent} cannot be the parent of {child}: that would make a cycle")));
         }
         let group = find(db, &name).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => StoreError::Invalid(format!("parent group {name:?} does not exist")),
+            StoreError::NotFound { .. } => StoreError::Invalid(format!("parent group {:?} does not exist", name.as_str())),
             other => other,
         })?;
         if depth == 0 && group.kind != GroupKind::Static {
@@ -187,13 +187,13 @@ pub async fn delete<D: Db>(db: &mut D, actor: &Actor, name: &GroupName, now: Tim
     }
     // Dynamic groups may name this group in their query (`group = NAME`); they would silently
     // become empty, so refuse instead.
-    let needle = format!("\"{name}\"");
-    let dynamic = db.query("SELECT name, query FROM groups WHERE kind = 'dynamic'", &[]).await?;
-    for row in &dynamic {
-        if row.opt_text(1)?.is_some_and(|q| q.contains(&needle)) {
+    let sql = format!("SELECT {GROUP_COLS} FROM groups WHERE kind = 'dynamic' ORDER BY name");
+    for row in db.query(&sql, &[]).await? {
+        let dynamic = group_from_row(&row)?;
+        if query_of(&dynamic)?.mentions_group(name) {
             return Err(StoreError::Conflict(format!(
                 "dynamic group {} refers to group {name} in its query; change it first",
-                row.text(0)?
+                dynamic.name
             )));
         }
     }

@@ -1,0 +1,172 @@
+//! `spawn_app()` and request helpers.
+
+use drover_server::{RunningServer, ServerConfig};
+use drover_store::testing::{TempDir, TestDb};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "drv_test_admin_token_0123456789";
+
+/// Which store a test app runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server and an HTTP client with the admin token.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    server: Option<RunningServer>,
+    db: Option<TestDb>,
+    _dir: TempDir,
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Default)]
+pub struct AppOptions {
+    pub allow_pending: bool,
+    pub max_body_bytes: Option<usize>,
+    pub max_import_bytes: Option<usize>,
+}
+
+/// Starts a server on a fresh store, or returns `None` when the backend is not configured.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<TestApp> {
+    let dir = TempDir::new();
+    let db = match backend {
+        Backend::Sqlite => TestDb::sqlite(),
+        Backend::Postgres => TestDb::postgres().await?,
+    };
+    let mut config = ServerConfig::with_data_dir(&dir.path);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.store_url = db.url.clone();
+    config.pg_max_connections = 4;
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config.allow_pending = options.allow_pending;
+    if let Some(n) = options.max_body_bytes {
+        config.max_body_bytes = n;
+    }
+    if let Some(n) = options.max_import_bytes {
+        config.max_import_bytes = n;
+    }
+    let server = drover_server::start(config, std::future::pending()).await.expect("server starts");
+    Some(TestApp {
+        base: format!("http://{}", server.addr),
+        http: reqwest::Client::new(),
+        server: Some(server),
+        db: Some(db),
+        _dir: dir,
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request with `token` (if any) and a JSON body (if any); returns status and JSON body.
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, Some(ADMIN_TOKEN), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, Some(ADMIN_TOKEN), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::PATCH, path, Some(ADMIN_TOKEN), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::DELETE, path, Some(ADMIN_TOKEN), None).await
+    }
+
+    /// GET with a query string built from pairs (values URL-encoded).
+    pub async fn get_with(&self, path: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
+        let response = self.http.get(self.url(path)).bearer_auth(ADMIN_TOKEN).query(query).send().await.expect("sent");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Number of devices matching `q`.
+    pub async fn count(&self, q: &str) -> u64 {
+        let (status, body) = self.get_with("/api/v1/devices/count", &[("q", q)]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["count"].as_u64().unwrap()
+    }
+
+    /// Number of audit entries.
+    pub async fn audit_len(&self) -> usize {
+        let (_, body) = self.get("/api/v1/audit?limit=1000").await;
+        body["items"].as_array().unwrap().len()
+    }
+
+    /// Creates a token with `role` and returns its secret.
+    pub async fn token(&self, role: &str) -> String {
+        let (status, body) = self.post("/api/v1/tokens", serde_json::json!({ "name": format!("{role}-test"), "role": role })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+        if let Some(db) = self.db.take() {
+            db.cleanup().await;
+        }
+    }
+}
+
+/// Declares each scenario twice: `<name>_on_sqlite` and `<name>_on_postgres`.
+#[macro_export]
+macro_rules! api_tests {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn scenario($app: &$crate::helpers::TestApp) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await.expect("sqlite app");
+                    scenario(&app).await;
+                    app.stop().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await else {
+                        eprintln!("skipped: DROVER_TEST_PG is not set");
+                        return;
+                    };
+                    scenario(&app).await;
+                    app.stop().await;
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,12 @@
+//! Black-box tests of Drover's HTTP API: each test starts the real server on port 0 with a fresh
+//! store and talks to it over HTTP. Every scenario runs on SQLite and, when `DROVER_TEST_PG` is set
+//! (always in CI), on PostgreSQL.
+
+mod helpers;
+
+mod bad_input;
+mod devices;
+mod groups;
+mod ops;
+mod provisioning;
+mod tour;

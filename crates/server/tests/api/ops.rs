@@ -1,0 +1,38 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::api_tests;
+#[allow(unused_imports)]
+use crate::helpers::*;
+
+api_tests! {
+    async fn health_readiness_and_metrics_report_the_server_state(app) {
+        let (status, body) = app.send(reqwest::Method::GET, "/healthz", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ok");
+        let (status, body) = app.send(reqwest::Method::GET, "/readyz", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ready");
+        let (status, _) = app.post("/api/v1/devices", json!({ "device_type": "t", "status": "active" })).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let _ = app.get("/api/v1/devices/missing").await;
+        let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(text.contains(r#"drover_devices{status="active"} 1"#), "{text}");
+        assert!(text.contains(r#"drover_http_requests_total{method="GET",route="/api/v1/devices/{id}",status="404"} 1"#), "{text}");
+        assert!(text.contains("drover_http_request_duration_seconds_bucket"), "{text}");
+    }
+
+    async fn openapi_document_describes_every_endpoint(app) {
+        let (status, doc) = app.get("/api/v1/openapi.json").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().unwrap();
+        for path in ["/api/v1/devices", "/api/v1/devices/{id}", "/api/v1/groups/{name}/members", "/api/v1/claims", "/api/v1/audit", "/api/device/v1/provision"] {
+            assert!(paths.contains_key(path), "missing {path}");
+        }
+        assert!(doc["components"]["schemas"]["DeviceView"].is_object());
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}
