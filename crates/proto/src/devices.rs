@@ -91,6 +91,11 @@ pub struct NewDevice {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub tags: BTreeMap<TagKey, TagValue>,
+    /// When the device was last seen, for registries migrated from another system; devices report
+    /// it themselves from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen: Option<Timestamp>,
     /// For pre-authorised devices: a secret the device must present with its hardware id when it
     /// provisions (stored hashed). Without it, the first caller presenting the hardware id gets the
     /// credential.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
-use drover_core::{DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Version};
+use drover_core::{DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp, Version};
 use drover_proto::devices::{ImportResult, NewDevice, OnConflict};
 use drover_store::{Actor, ImportMsg, ImportRow, Store, StoreError};
 use futures::TryStreamExt;
@@ -191,7 +191,8 @@ fn parse_jsonl(reader: impl Read, sink: &mut Sink) -> std::io::Result<()> {
 }
 
 /// CSV columns a header may name (plus `tags.<key>`).
-const CSV_COLUMNS: &[&str] = &["id", "device_type", "hw_id", "hw_rev", "site", "region", "status", "firmware", "preauth_secret"];
+const CSV_COLUMNS: &[&str] =
+    &["id", "device_type", "hw_id", "hw_rev", "site", "region", "status", "firmware", "last_seen", "preauth_secret"];
 
 fn parse_csv(reader: impl Read, sink: &mut Sink) -> std::io::Result<()> {
     let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
@@ -296,6 +297,7 @@ fn csv_row(columns: &[Column], record: &csv::StringRecord) -> Result<NewDevice, 
         region: opt(&fields, "region", Label::parse)?,
         status: opt(&fields, "status", DeviceStatus::parse)?,
         firmware: opt(&fields, "firmware", Version::parse)?,
+        last_seen: opt(&fields, "last_seen", Timestamp::parse_rfc3339)?,
         tags,
         preauth_secret: fields.get("preauth_secret").map(|s| s.to_string()),
         issue_credential: false,

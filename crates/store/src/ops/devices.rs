@@ -207,6 +207,17 @@ fn creatable_status(status: Option<DeviceStatus>) -> Result<DeviceStatus, String
     }
 }
 
+/// A pre-authorisation secret is only usable together with a hardware id, and must be hard to guess.
+fn check_preauth_secret(new: &NewDevice) -> Result<(), StoreError> {
+    if let Some(secret) = &new.preauth_secret {
+        if new.hw_id.is_none() {
+            return Err(StoreError::Invalid("preauth_secret needs a hw_id: the device presents both to provision".into()));
+        }
+        provision::check_secret_shape("preauth_secret", secret)?;
+    }
+    Ok(())
+}
+
 fn device_from_new(new: &NewDevice, status: DeviceStatus, now: Timestamp) -> Device {
     Device {
         id: new.id.clone().unwrap_or_else(generated_id),
@@ -220,7 +231,7 @@ fn device_from_new(new: &NewDevice, status: DeviceStatus, now: Timestamp) -> Dev
         tags: new.tags.clone(),
         created_at: now,
         updated_at: now,
-        last_seen: None,
+        last_seen: new.last_seen,
     }
 }
 
@@ -235,12 +246,7 @@ pub async fn create<D: Db>(
         // The operator hands the credential to the device directly: there is nothing left to provision.
         status = DeviceStatus::Active;
     }
-    if new.preauth_secret.is_some() && new.hw_id.is_none() {
-        return Err(StoreError::Invalid("preauth_secret needs a hw_id: the device presents both to provision".into()));
-    }
-    if let Some(secret) = &new.preauth_secret {
-        provision::check_secret_shape("preauth_secret", secret)?;
-    }
+    check_preauth_secret(&new)?;
     let device = device_from_new(&new, status, now);
     let seq = insert_device(db, &device, new.preauth_secret.as_deref().map(secret::hash)).await?;
     let credential = if new.issue_credential {
@@ -342,7 +348,10 @@ pub async fn update<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, patch: Devi
     }
     let mut device = before.clone();
     apply_patch(&mut device, patch)?;
-    if device == before {
+    // `Version` equality ignores build metadata, but the reported build is part of the record, so
+    // compare the firmware text too: a patch that changes only the build must still be written.
+    let same_firmware_text = device.firmware.as_ref().map(Version::to_string) == before.firmware.as_ref().map(Version::to_string);
+    if device == before && same_firmware_text {
         return Ok(before);
     }
     if device.hw_id != before.hw_id {
@@ -634,9 +643,12 @@ pub async fn import<D: Db>(
     now: Timestamp,
 ) -> Result<ImportResult, StoreError> {
     let mut result = ImportResult::default();
+    // Ids and hardware ids seen so far, across batches: a repeat is an error in the file even when
+    // its lines arrive in different batches (where it would otherwise look like an existing device).
+    let mut seen = ImportSeen::default();
     loop {
         match rx.recv().await {
-            Some(ImportMsg::Batch(rows)) => import_batch(db, on_conflict, rows, now, &mut result).await?,
+            Some(ImportMsg::Batch(rows)) => import_batch(db, on_conflict, rows, now, &mut seen, &mut result).await?,
             Some(ImportMsg::Commit) => break,
             Some(ImportMsg::Abort) | None => {
                 return Err(StoreError::Invalid("import aborted before it completed; nothing was written".into()))
@@ -657,17 +669,23 @@ pub async fn import<D: Db>(
     Ok(result)
 }
 
+/// The device ids and hardware ids an import has already read.
+#[derive(Default)]
+struct ImportSeen {
+    ids: HashSet<DeviceId>,
+    hw_ids: HashSet<HardwareId>,
+}
+
 async fn import_batch<D: Db>(
     db: &mut D,
     on_conflict: OnConflict,
     rows: Vec<ImportRow>,
     now: Timestamp,
+    seen: &mut ImportSeen,
     result: &mut ImportResult,
 ) -> Result<(), StoreError> {
     let mut errors: Vec<(u64, String)> = Vec::new();
     let mut devices: Vec<(u64, Device, Option<String>)> = Vec::with_capacity(rows.len());
-    let mut seen_ids = HashSet::new();
-    let mut seen_hw = HashSet::new();
     // Lines that set a status explicitly (otherwise an update keeps the stored status).
     let mut requested = HashSet::new();
     for row in rows {
@@ -682,13 +700,17 @@ async fn import_batch<D: Db>(
             errors.push((row.line, "issue_credential is not available in imports; devices provision themselves".into()));
             continue;
         }
+        if let Err(e) = check_preauth_secret(&row.device) {
+            errors.push((row.line, e.to_string()));
+            continue;
+        }
         let device = device_from_new(&row.device, status, now);
-        if !seen_ids.insert(device.id.clone()) {
+        if !seen.ids.insert(device.id.clone()) {
             errors.push((row.line, format!("device {:?} appears twice in the import", device.id.as_str())));
             continue;
         }
         if let Some(hw) = &device.hw_id {
-            if !seen_hw.insert(hw.clone()) {
+            if !seen.hw_ids.insert(hw.clone()) {
                 errors.push((row.line, format!("hardware id {:?} appears twice in the import", hw.as_str())));
                 continue;
             }
@@ -781,7 +803,7 @@ async fn import_batch<D: Db>(
             device.status = old.status;
         }
         device.created_at = old.created_at;
-        device.last_seen = old.last_seen;
+        device.last_seen = device.last_seen.or(old.last_seen);
         write_device(db, seq, &old, &device).await?;
         result.updated += 1;
     }

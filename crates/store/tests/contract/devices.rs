@@ -3,7 +3,7 @@
 
 use drover_core::{Device, DeviceStatus};
 use drover_proto::devices::{DevicePatch, NewDevice};
-use drover_store::{AuditFilter, Store, StoreError};
+use drover_store::{AuditFilter, StoreError};
 
 use crate::support::*;
 
@@ -82,6 +82,19 @@ contract_tests! {
         assert_err!(store.get_device(&id("dev-1")).await, StoreError::NotFound { kind: "device", id } if id == "dev-1");
         assert_err!(store.delete_device(&operator(), &id("dev-1"), at(10)).await, StoreError::NotFound { .. });
         assert_eq!(store.count_devices(&query(""), NOW).await.unwrap(), 0);
+    }
+
+    /// Build metadata does not change a version's precedence, but it is part of what the device
+    /// reported, so a patch that changes only the build is still written.
+    async fn a_patch_changing_only_firmware_build_metadata_is_written(store: Store) {
+        let new = NewDevice { firmware: Some(version("2.3.0")), ..new_device("dev-1") };
+        store.create_device(&operator(), new, at(0)).await.unwrap();
+        let patch = DevicePatch { firmware: Some(Some(version("2.3.0+b7"))), ..DevicePatch::default() };
+        let updated = store.update_device(&operator(), &id("dev-1"), patch, at(1)).await.unwrap();
+        assert_eq!((updated.firmware.unwrap().to_string(), updated.updated_at), ("2.3.0+b7".to_owned(), at(1)));
+        let stored = store.get_device(&id("dev-1")).await.unwrap();
+        assert_eq!(stored.firmware.unwrap().to_string(), "2.3.0+b7");
+        assert_eq!(ids_matching(&store, "firmware ~ '*+b7'").await, strings(&["dev-1"]));
     }
 
     /// Ids are unique; the losing create writes nothing.
@@ -259,6 +272,7 @@ async fn reopening_a_database_is_idempotent(url: String, backend: &'static str) 
     for reopened in [again, concurrently] {
         assert_eq!(reopened.schema_version().await.unwrap(), 1);
         reopened.ping().await.unwrap();
+        reopened.analyze().await.unwrap();
         assert_eq!(reopened.get_device(&id("dev-1")).await.unwrap().id, id("dev-1"));
         assert_eq!(reopened.count_devices(&query(""), NOW).await.unwrap(), 1);
     }

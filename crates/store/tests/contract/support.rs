@@ -132,6 +132,7 @@ pub fn new_device(device_id: &str) -> NewDevice {
         status: None,
         firmware: None,
         tags: BTreeMap::new(),
+        last_seen: None,
         preauth_secret: None,
         issue_credential: false,
     }
