@@ -53,10 +53,16 @@ impl DeviceStatus {
 
     /// Parses the lower-case name; the error lists the valid names.
     pub fn parse(text: &str) -> Result<DeviceStatus, String> {
-        DeviceStatus::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| {
-            let names: Vec<&str> = DeviceStatus::ALL.iter().map(|s| s.as_str()).collect();
-            format!("unknown device status {text:?} (expected one of {})", names.join(", "))
-        })
+        DeviceStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = DeviceStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown device status {text:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 
     /// Whether an operator may move a device from `self` to `to` by editing it. Provisioning, accepting,
@@ -66,7 +72,10 @@ impl DeviceStatus {
         if self == to {
             return true;
         }
-        matches!((self, to), (Active | Inactive | Error, Active | Inactive | Error))
+        matches!(
+            (self, to),
+            (Active | Inactive | Error, Active | Inactive | Error)
+        )
     }
 
     /// Live devices hold their hardware id; decommissioned and rejected ones release it.

@@ -22,25 +22,45 @@ pub struct IdError {
 impl IdError {
     fn new(kind: &'static str, value: &str, reason: impl Into<String>) -> Self {
         let value: String = value.chars().take(80).collect();
-        IdError { kind, value, reason: reason.into() }
+        IdError {
+            kind,
+            value,
+            reason: reason.into(),
+        }
     }
 }
 
 /// Checks `value` against a "slug" rule: 1..=max characters from `[A-Za-z0-9._:-]` (colon optional),
 /// starting with a letter or digit.
-fn check_slug(kind: &'static str, value: &str, max: usize, allow_colon: bool) -> Result<(), IdError> {
+fn check_slug(
+    kind: &'static str,
+    value: &str,
+    max: usize,
+    allow_colon: bool,
+) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::new(kind, value, "must not be empty"));
     }
     if value.len() > max {
-        return Err(IdError::new(kind, value, format!("must be at most {max} characters")));
+        return Err(IdError::new(
+            kind,
+            value,
+            format!("must be at most {max} characters"),
+        ));
     }
     let first = value.chars().next().unwrap_or(' ');
     if !first.is_ascii_alphanumeric() {
-        return Err(IdError::new(kind, value, "must start with a letter or digit"));
+        return Err(IdError::new(
+            kind,
+            value,
+            "must start with a letter or digit",
+        ));
     }
     let extra = if allow_colon { "._:-" } else { "._-" };
-    if let Some(bad) = value.chars().find(|c| !c.is_ascii_alphanumeric() && !extra.contains(*c)) {
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !extra.contains(*c))
+    {
         return Err(IdError::new(
             kind,
             value,
@@ -51,18 +71,35 @@ fn check_slug(kind: &'static str, value: &str, max: usize, allow_colon: bool) ->
 }
 
 /// Checks free text: 1..=max characters, no control characters, no surrounding whitespace.
-fn check_text(kind: &'static str, value: &str, max: usize, allow_empty: bool) -> Result<(), IdError> {
+fn check_text(
+    kind: &'static str,
+    value: &str,
+    max: usize,
+    allow_empty: bool,
+) -> Result<(), IdError> {
     if value.is_empty() && !allow_empty {
         return Err(IdError::new(kind, value, "must not be empty"));
     }
     if value.chars().count() > max {
-        return Err(IdError::new(kind, value, format!("must be at most {max} characters")));
+        return Err(IdError::new(
+            kind,
+            value,
+            format!("must be at most {max} characters"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(IdError::new(kind, value, "must not contain control characters"));
+        return Err(IdError::new(
+            kind,
+            value,
+            "must not contain control characters",
+        ));
     }
     if value.trim() != value {
-        return Err(IdError::new(kind, value, "must not start or end with whitespace"));
+        return Err(IdError::new(
+            kind,
+            value,
+            "must not start or end with whitespace",
+        ));
     }
     Ok(())
 }
@@ -192,7 +229,10 @@ mod tests {
     #[test]
     fn errors_name_the_kind_and_the_rule() {
         let err = DeviceId::parse("a/b").unwrap_err().to_string();
-        assert_eq!(err, r#"invalid device id "a/b": character '/' is not allowed (use letters, digits and "._:-")"#);
+        assert_eq!(
+            err,
+            r#"invalid device id "a/b": character '/' is not allowed (use letters, digits and "._:-")"#
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use ::time::format_description::well_known::Rfc3339;
 use ::time::OffsetDateTime;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An instant, in milliseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,7 +40,9 @@ impl Timestamp {
             value: text.chars().take(80).collect(),
             reason: format!("{e} (expected RFC 3339, e.g. 2026-11-23T10:00:00Z)"),
         })?;
-        Ok(Timestamp((parsed.unix_timestamp_nanos() / 1_000_000) as i64))
+        Ok(Timestamp(
+            (parsed.unix_timestamp_nanos() / 1_000_000) as i64,
+        ))
     }
 
     /// This instant shifted by `duration` (negative durations move back); saturates at the extremes.
@@ -118,9 +120,13 @@ impl Duration {
         while !rest.is_empty() {
             let digits = rest.chars().take_while(char::is_ascii_digit).count();
             if digits == 0 {
-                return Err(err("expected a number followed by a unit: ms, s, m, h, d or w"));
+                return Err(err(
+                    "expected a number followed by a unit: ms, s, m, h, d or w",
+                ));
             }
-            let number: i64 = rest[..digits].parse().map_err(|_| err("number is too large"))?;
+            let number: i64 = rest[..digits]
+                .parse()
+                .map_err(|_| err("number is too large"))?;
             rest = &rest[digits..];
             let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
             let unit_ms = match &rest[..unit_len] {
@@ -150,7 +156,13 @@ impl fmt::Display for Duration {
             f.write_str("-")?;
         }
         let ms = ms.unsigned_abs();
-        for (unit, size) in [("w", 604_800_000u64), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("w", 604_800_000u64),
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms >= size && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }

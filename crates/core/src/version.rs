@@ -41,15 +41,24 @@ pub struct VersionError {
 impl Version {
     /// Parses `MAJOR.MINOR[.PATCH][-PRERELEASE][+BUILD]`, with an optional leading `v`.
     pub fn parse(text: &str) -> Result<Version, VersionError> {
-        let err = |reason: &str| VersionError { value: text.chars().take(80).collect(), reason: reason.to_owned() };
+        let err = |reason: &str| VersionError {
+            value: text.chars().take(80).collect(),
+            reason: reason.to_owned(),
+        };
         if text.len() > 128 {
             return Err(err("must be at most 128 characters"));
         }
         let body = text.strip_prefix('v').unwrap_or(text);
         let (body, build) = match body.split_once('+') {
             Some((b, meta)) => {
-                if meta.is_empty() || meta.split('.').any(|p| p.is_empty() || !p.chars().all(is_ident_char)) {
-                    return Err(err("build metadata must be dot-separated [0-9A-Za-z-] identifiers"));
+                if meta.is_empty()
+                    || meta
+                        .split('.')
+                        .any(|p| p.is_empty() || !p.chars().all(is_ident_char))
+                {
+                    return Err(err(
+                        "build metadata must be dot-separated [0-9A-Za-z-] identifiers",
+                    ));
                 }
                 (b, meta.to_owned())
             }
@@ -65,24 +74,34 @@ impl Version {
         }
         let mut numbers = [0u64; 3];
         for (slot, part) in numbers.iter_mut().zip(&parts) {
-            *slot = parse_numeric(part).ok_or_else(|| err("MAJOR, MINOR and PATCH must be numbers without leading zeros"))?;
+            *slot = parse_numeric(part).ok_or_else(|| {
+                err("MAJOR, MINOR and PATCH must be numbers without leading zeros")
+            })?;
         }
         let mut pre_ids = Vec::new();
         if let Some(pre) = pre {
             for id in pre.split('.') {
                 if id.is_empty() || !id.chars().all(is_ident_char) {
-                    return Err(err("pre-release must be dot-separated [0-9A-Za-z-] identifiers"));
+                    return Err(err(
+                        "pre-release must be dot-separated [0-9A-Za-z-] identifiers",
+                    ));
                 }
                 if id.chars().all(|c| c.is_ascii_digit()) {
-                    pre_ids.push(PreId::Numeric(
-                        parse_numeric(id).ok_or_else(|| err("numeric pre-release identifiers must not have leading zeros"))?,
-                    ));
+                    pre_ids.push(PreId::Numeric(parse_numeric(id).ok_or_else(|| {
+                        err("numeric pre-release identifiers must not have leading zeros")
+                    })?));
                 } else {
                     pre_ids.push(PreId::Alpha(id.to_owned()));
                 }
             }
         }
-        Ok(Version { major: numbers[0], minor: numbers[1], patch: numbers[2], pre: pre_ids, build })
+        Ok(Version {
+            major: numbers[0],
+            minor: numbers[1],
+            patch: numbers[2],
+            pre: pre_ids,
+            build,
+        })
     }
 
     /// True for a pre-release such as `1.0.0-rc.1`.
@@ -128,7 +147,10 @@ fn is_ident_char(c: char) -> bool {
 }
 
 fn parse_numeric(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) || (text.len() > 1 && text.starts_with('0')) {
+    if text.is_empty()
+        || !text.chars().all(|c| c.is_ascii_digit())
+        || (text.len() > 1 && text.starts_with('0'))
+    {
         return None;
     }
     text.parse().ok()
@@ -207,12 +229,29 @@ mod tests {
     fn precedence_follows_semver_spec_example_chain() {
         // The chain from SemVer 2.0 §11, plus numeric-vs-lexical traps.
         let chain = [
-            "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
-            "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.2.0", "1.9.0", "1.10.0", "2.0.0", "10.0.0",
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+            "1.0.1",
+            "1.2.0",
+            "1.9.0",
+            "1.10.0",
+            "2.0.0",
+            "10.0.0",
         ];
         for pair in chain.windows(2) {
             assert!(v(pair[0]) < v(pair[1]), "{} < {}", pair[0], pair[1]);
-            assert!(v(pair[0]).sort_key() < v(pair[1]).sort_key(), "key {} < {}", pair[0], pair[1]);
+            assert!(
+                v(pair[0]).sort_key() < v(pair[1]).sort_key(),
+                "key {} < {}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 
@@ -230,7 +269,18 @@ mod tests {
 
     #[test]
     fn malformed_versions_are_rejected_with_reasons() {
-        for bad in ["", "1", "1.2.3.4", "01.2.3", "1.2.x", "1.2.3-", "1.2.3-a..b", "1.2.3+", "1.2.3-01", "a.b.c"] {
+        for bad in [
+            "",
+            "1",
+            "1.2.3.4",
+            "01.2.3",
+            "1.2.x",
+            "1.2.3-",
+            "1.2.3-a..b",
+            "1.2.3+",
+            "1.2.3-01",
+            "a.b.c",
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - [`serve`]: configuration (defaults, TOML file, environment, flags) and running the server.
+//! - [`bench`]: `drover bench`, reproducible benchmarks against a real server.
 //! - [`cli`]: admin subcommands (devices, groups, claims, tokens, audit), output and exit codes.
 
+pub mod bench;
 pub mod cli;
 pub mod serve;
 
@@ -14,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 /// Drover: fleet management and over-the-air updates for IoT devices.
 #[derive(Debug, Parser)]
-#[command(name = "drover", version, about, propagate_version = true)]
+#[command(name = "drover", version, about, propagate_version = true, after_help = cli::EXIT_CODES_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub client: cli::ClientOptions,
@@ -26,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the Drover server (admin API, device API, metrics).
     Serve(serve::ServeArgs),
+    /// Run a benchmark against a real server on a fresh store (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     #[command(flatten)]
     Admin(cli::AdminCommand),
 }
@@ -33,7 +38,10 @@ pub enum Command {
 /// Entry point shared by the binary: parse, run, print errors in one line, map them to exit codes.
 pub fn main() -> ExitCode {
     let args = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -42,6 +50,13 @@ pub fn main() -> ExitCode {
     };
     match args.command {
         Command::Serve(serve_args) => match runtime.block_on(serve::run(serve_args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Bench(command) => match runtime.block_on(bench::run(command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

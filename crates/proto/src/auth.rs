@@ -32,7 +32,9 @@ impl Role {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {text:?} (expected viewer, operator or admin)")),
+            _ => Err(format!(
+                "unknown role {text:?} (expected viewer, operator or admin)"
+            )),
         }
     }
 }
@@ -132,4 +134,12 @@ pub struct NewClaim {
 pub struct CreatedClaim {
     pub claim: ClaimView,
     pub token: String,
+}
+
+/// `GET /api/v1/whoami`: the token a request was made with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub token_id: String,
+    pub name: String,
+    pub role: Role,
 }

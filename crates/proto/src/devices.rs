@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use drover_core::{Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp, Version};
+use drover_core::{
+    Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp,
+    Version,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -123,23 +126,43 @@ pub struct DevicePatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub device_type: Option<DeviceType>,
-    #[serde(default, deserialize_with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub hw_id: Option<Option<HardwareId>>,
-    #[serde(default, deserialize_with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub hw_rev: Option<Option<Label>>,
-    #[serde(default, deserialize_with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub site: Option<Option<Label>>,
-    #[serde(default, deserialize_with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub region: Option<Option<Label>>,
     /// `active`, `inactive` or `error` (other transitions have their own operations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub status: Option<DeviceStatus>,
-    #[serde(default, deserialize_with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub firmware: Option<Option<Version>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -234,4 +257,17 @@ pub enum SortOrder {
     #[default]
     Asc,
     Desc,
+}
+
+/// `GET /api/v1/devices/{id}/groups`: the static and dynamic groups a device is in right now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceGroups {
+    pub groups: Vec<String>,
+}
+
+/// A newly issued device credential, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceCredential {
+    pub device_id: String,
+    pub credential: String,
 }

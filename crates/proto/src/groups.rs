@@ -67,7 +67,11 @@ pub struct GroupPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// New parent, or `null` to detach (static groups only).
-    #[serde(default, deserialize_with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub parent: Option<Option<GroupName>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -37,6 +37,12 @@ pub struct Count {
     pub count: u64,
 }
 
+/// `GET /api/v1/query/check`: the canonical form of a valid fleet query.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct QueryCheck {
+    pub canonical: String,
+}
+
 /// Deserialises a field that distinguishes "absent" (`None`) from "null" (`Some(None)`), for PATCH
 /// bodies where `null` clears a value.
 pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>

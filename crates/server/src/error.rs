@@ -18,7 +18,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
@@ -48,17 +53,23 @@ impl ApiError {
 
     /// A fleet query that does not parse: 400 with the column and a caret rendering.
     pub fn query(source: &str, err: &drover_core::query::QueryError) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", err.to_string()).with_details(serde_json::json!({
-            "column": err.column,
-            "query": source,
-            "pointer": err.render(source),
-        }))
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", err.to_string()).with_details(
+            serde_json::json!({
+                "column": err.column,
+                "query": source,
+                "pointer": err.render(source),
+            }),
+        )
     }
 
     /// A server-side failure: logged in full, answered with a generic message.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 }
 
@@ -77,22 +88,46 @@ impl From<StoreError> for ApiError {
                     .take(100)
                     .map(|(line, message)| serde_json::json!({ "line": line, "message": message }))
                     .collect();
-                let first = lines.first().map(|l| format!(": line {}: {}", l["line"], l["message"].as_str().unwrap_or(""))).unwrap_or_default();
-                ApiError::unprocessable(format!("import rejected, nothing was written; {n} line(s) have errors{first}"))
-                    .with_details(serde_json::json!({ "lines": lines }))
+                let first = lines
+                    .first()
+                    .map(|l| {
+                        format!(
+                            ": line {}: {}",
+                            l["line"],
+                            l["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .unwrap_or_default();
+                ApiError::unprocessable(format!(
+                    "import rejected, nothing was written; {n} line(s) have errors{first}"
+                ))
+                .with_details(serde_json::json!({ "lines": lines }))
             }
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "store unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry later")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; retry later",
+                )
             }
-            other @ (StoreError::Config(_) | StoreError::Corrupt(_) | StoreError::Backend(_)) => ApiError::internal(other),
+            other @ (StoreError::Config(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Backend(_)
+            | StoreError::Interrupted) => ApiError::internal(other),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message, details: self.details } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                details: self.details,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

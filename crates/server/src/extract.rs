@@ -28,13 +28,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::unprocessable(format!("invalid request body: {}", inner_message(&e.body_text())))
-        }
+        JsonRejection::JsonDataError(e) => ApiError::unprocessable(format!(
+            "invalid request body: {}",
+            inner_message(&e.body_text())
+        )),
         JsonRejection::JsonSyntaxError(e) => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
-            format!("request body is not valid JSON: {}", inner_message(&e.body_text())),
+            format!(
+                "request body is not valid JSON: {}",
+                inner_message(&e.body_text())
+            ),
         ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -43,7 +47,11 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         ),
         JsonRejection::BytesRejection(e) => {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is too large",
+                )
             } else {
                 ApiError::bad_request(format!("cannot read request body: {}", e.body_text()))
             }
@@ -69,16 +77,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
-                Err(ApiError::bad_request(format!("invalid query string: {}", inner_message(&e.body_text()))))
-            }
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
+                format!("invalid query string: {}", inner_message(&e.body_text())),
+            )),
             Err(other) => Err(ApiError::bad_request(other.body_text())),
         }
     }
 }
 
 /// Parses a path segment into a validated id; a malformed id is a 400 naming the rule it broke.
-pub fn parse_id<T, E: std::fmt::Display>(text: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<T, ApiError> {
+pub fn parse_id<T, E: std::fmt::Display>(
+    text: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, ApiError> {
     parse(text).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -91,8 +102,14 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(Some(token.trim())),
-        _ => Err(ApiError::unauthorized("the Authorization header must be `Bearer <token>`")),
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -119,8 +136,9 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?
-            .ok_or_else(|| ApiError::unauthorized("missing API token: send `Authorization: Bearer <token>`"))?;
+        let token = bearer(parts)?.ok_or_else(|| {
+            ApiError::unauthorized("missing API token: send `Authorization: Bearer <token>`")
+        })?;
         let now = crate::now();
         let auth = state.store.authenticate_token(token, now).await?;
         state.note_token_use(&auth, now);
@@ -135,8 +153,11 @@ impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?
-            .ok_or_else(|| ApiError::unauthorized("missing device credential: send `Authorization: Bearer <credential>`"))?;
+        let token = bearer(parts)?.ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing device credential: send `Authorization: Bearer <credential>`",
+            )
+        })?;
         Ok(DeviceAuth(state.store.authenticate_device(token).await?))
     }
 }

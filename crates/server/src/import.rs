@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
-use drover_core::{DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp, Version};
+use drover_core::{
+    DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp, Version,
+};
 use drover_proto::devices::{ImportResult, NewDevice, OnConflict};
 use drover_store::{Actor, ImportMsg, ImportRow, Store, StoreError};
 use futures::TryStreamExt;
@@ -21,6 +23,8 @@ use crate::error::ApiError;
 
 /// Rows per batch handed to the store.
 const BATCH: usize = 2000;
+/// Imports at least this large refresh the planner's statistics before answering.
+const ANALYZE_AFTER_ROWS: u64 = 10_000;
 /// Most line errors reported for one import.
 const MAX_ERRORS: usize = 100;
 
@@ -38,7 +42,9 @@ impl Format {
             return match param {
                 "csv" => Ok(Format::Csv),
                 "jsonl" | "ndjson" => Ok(Format::JsonLines),
-                other => Err(ApiError::bad_request(format!("unknown import format {other:?} (expected csv or jsonl)"))),
+                other => Err(ApiError::bad_request(format!(
+                    "unknown import format {other:?} (expected csv or jsonl)"
+                ))),
             };
         }
         let content_type = headers
@@ -76,22 +82,29 @@ pub async fn run(
     let too_large = Arc::new(AtomicBool::new(false));
     let flag = too_large.clone();
     let mut seen = 0usize;
-    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
-        seen += chunk.len();
-        let result = if seen > max_bytes {
-            flag.store(true, Ordering::Relaxed);
-            Err(std::io::Error::other("upload too large"))
-        } else {
-            Ok(chunk)
-        };
-        futures::future::ready(result)
-    });
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            seen += chunk.len();
+            let result = if seen > max_bytes {
+                flag.store(true, Ordering::Relaxed);
+                Err(std::io::Error::other("upload too large"))
+            } else {
+                Ok(chunk)
+            };
+            futures::future::ready(result)
+        });
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
 
     let (tx, rx) = mpsc::channel::<ImportMsg>(2);
     let import = {
         let (store, actor) = (store.clone(), actor.clone());
-        tokio::spawn(async move { store.import_devices(&actor, on_conflict, rx, crate::now()).await })
+        tokio::spawn(async move {
+            store
+                .import_devices(&actor, on_conflict, rx, crate::now())
+                .await
+        })
     };
     let parse = tokio::task::spawn_blocking(move || parse(reader, format, tx));
     let parsed = parse.await.map_err(ApiError::internal)?;
@@ -101,13 +114,27 @@ pub async fn run(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the import is larger than the limit of {max_bytes} bytes; nothing was written"),
+            format!(
+                "the import is larger than the limit of {max_bytes} bytes; nothing was written"
+            ),
         ));
     }
     match parsed {
-        Err(Problem::Io(e)) => Err(ApiError::bad_request(format!("cannot read the upload: {e}; nothing was written"))),
+        Err(Problem::Io(e)) => Err(ApiError::bad_request(format!(
+            "cannot read the upload: {e}; nothing was written"
+        ))),
         Err(Problem::Lines(lines)) => Err(StoreError::Import(lines).into()),
-        Ok(()) => Ok(stored?),
+        Ok(()) => {
+            let result = stored?;
+            // A large import changes the data distribution the query planner relies on; refresh
+            // its statistics now rather than serve slow plans until the next routine analysis.
+            if result.created + result.updated >= ANALYZE_AFTER_ROWS {
+                if let Err(e) = store.analyze().await {
+                    tracing::warn!(error = %e, "could not refresh planner statistics after import");
+                }
+            }
+            Ok(result)
+        }
     }
 }
 
@@ -118,7 +145,12 @@ enum Problem {
 
 /// Reads every record, sending batches while all is well. Returns the line errors found.
 fn parse(reader: impl Read, format: Format, tx: mpsc::Sender<ImportMsg>) -> Result<(), Problem> {
-    let mut sink = Sink { tx, batch: Vec::with_capacity(BATCH), errors: Vec::new(), store_gone: false };
+    let mut sink = Sink {
+        tx,
+        batch: Vec::with_capacity(BATCH),
+        errors: Vec::new(),
+        store_gone: false,
+    };
     let outcome = match format {
         Format::JsonLines => parse_jsonl(reader, &mut sink),
         Format::Csv => parse_csv(reader, &mut sink),
@@ -191,11 +223,24 @@ fn parse_jsonl(reader: impl Read, sink: &mut Sink) -> std::io::Result<()> {
 }
 
 /// CSV columns a header may name (plus `tags.<key>`).
-const CSV_COLUMNS: &[&str] =
-    &["id", "device_type", "hw_id", "hw_rev", "site", "region", "status", "firmware", "last_seen", "preauth_secret"];
+const CSV_COLUMNS: &[&str] = &[
+    "id",
+    "device_type",
+    "hw_id",
+    "hw_rev",
+    "site",
+    "region",
+    "status",
+    "firmware",
+    "last_seen",
+    "preauth_secret",
+];
 
 fn parse_csv(reader: impl Read, sink: &mut Sink) -> std::io::Result<()> {
-    let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(reader);
     let headers = match csv.headers() {
         Ok(h) => h.clone(),
         Err(e) => return csv_error(e, sink),
@@ -216,12 +261,18 @@ fn parse_csv(reader: impl Read, sink: &mut Sink) -> std::io::Result<()> {
         } else {
             sink.accept(
                 1,
-                Err(format!("header: unknown column {name:?} (expected {} or tags.<key>)", CSV_COLUMNS.join(", "))),
+                Err(format!(
+                    "header: unknown column {name:?} (expected {} or tags.<key>)",
+                    CSV_COLUMNS.join(", ")
+                )),
             );
             return Ok(());
         }
     }
-    if !columns.iter().any(|c| matches!(c, Column::Field(f) if f == "device_type")) {
+    if !columns
+        .iter()
+        .any(|c| matches!(c, Column::Field(f) if f == "device_type"))
+    {
         sink.accept(1, Err("header: a device_type column is required".into()));
         return Ok(());
     }
@@ -247,7 +298,9 @@ fn csv_error(e: csv::Error, sink: &mut Sink) -> std::io::Result<()> {
         csv::ErrorKind::Io(io) => Err(io),
         kind => {
             let message = match kind {
-                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => {
                     format!("has {len} fields but the header has {expected_len}")
                 }
                 csv::ErrorKind::Utf8 { .. } => "is not valid UTF-8".to_owned(),
@@ -277,7 +330,10 @@ fn csv_row(columns: &[Column], record: &csv::StringRecord) -> Result<NewDevice, 
                 fields.insert(name.as_str(), value);
             }
             Column::Tag(key) => {
-                tags.insert(key.clone(), TagValue::parse(value).map_err(|e| e.to_string())?);
+                tags.insert(
+                    key.clone(),
+                    TagValue::parse(value).map_err(|e| e.to_string())?,
+                );
             }
         }
     }
@@ -286,11 +342,16 @@ fn csv_row(columns: &[Column], record: &csv::StringRecord) -> Result<NewDevice, 
         name: &str,
         parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Result<Option<T>, String> {
-        fields.get(name).map(|v| parse(v)).transpose().map_err(|e| format!("{name}: {e}"))
+        fields
+            .get(name)
+            .map(|v| parse(v))
+            .transpose()
+            .map_err(|e| format!("{name}: {e}"))
     }
     Ok(NewDevice {
         id: opt(&fields, "id", DeviceId::parse)?,
-        device_type: opt(&fields, "device_type", DeviceType::parse)?.ok_or("device_type is required")?,
+        device_type: opt(&fields, "device_type", DeviceType::parse)?
+            .ok_or("device_type is required")?,
         hw_id: opt(&fields, "hw_id", HardwareId::parse)?,
         hw_rev: opt(&fields, "hw_rev", Label::parse)?,
         site: opt(&fields, "site", Label::parse)?,

@@ -62,7 +62,9 @@ impl AppState {
 
 /// The current time as a [`Timestamp`]; the only clock the HTTP layer reads.
 pub fn now() -> Timestamp {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     Timestamp::from_millis(ms)
 }
 
@@ -99,9 +101,14 @@ pub async fn start(
     config: ServerConfig,
     shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
-    let store = Store::open(&config.store_url, &StoreOptions { pg_max_connections: config.pg_max_connections })
-        .await
-        .with_context(|| format!("cannot open the store at {}", config.redacted_store_url()))?;
+    let store = Store::open(
+        &config.store_url,
+        &StoreOptions {
+            pg_max_connections: config.pg_max_connections,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the store at {}", config.redacted_store_url()))?;
     let bootstrap_token = store
         .bootstrap_admin(config.admin_token.clone(), now())
         .await
@@ -134,7 +141,13 @@ pub async fn start(
             .context("HTTP server failed")
     });
     tracing::info!(%addr, store = store.backend_name(), "drover is listening");
-    Ok(RunningServer { addr, store, bootstrap_token, shutdown: Some(tx), task })
+    Ok(RunningServer {
+        addr,
+        store,
+        bootstrap_token,
+        shutdown: Some(tx),
+        task,
+    })
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -53,12 +53,27 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("drover");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency: HistogramFamily = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        let latency: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
         let devices = Family::<StatusLabels, Gauge>::default();
-        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by method and route", latency.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method and route",
+            latency.clone(),
+        );
         registry.register("devices", "Devices by lifecycle status", devices.clone());
-        Metrics { registry, requests, latency, devices, devices_refreshed: Mutex::new(None) }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            devices,
+            devices_refreshed: Mutex::new(None),
+        }
     }
 
     /// The OpenMetrics text exposition, refreshing device gauges if they are stale.
@@ -72,8 +87,15 @@ impl Metrics {
             match state.store.count_devices_by_status().await {
                 Ok(counts) => {
                     for status in drover_core::DeviceStatus::ALL {
-                        let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
-                        self.devices.get_or_create(&StatusLabels { status: status.as_str().into() }).set(n as i64);
+                        let n = counts
+                            .iter()
+                            .find(|(s, _)| s == status.as_str())
+                            .map_or(0, |(_, n)| *n);
+                        self.devices
+                            .get_or_create(&StatusLabels {
+                                status: status.as_str().into(),
+                            })
+                            .set(n as i64);
                     }
                     if let Ok(mut at) = self.devices_refreshed.lock() {
                         *at = Some(Instant::now());
@@ -109,8 +131,15 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let metrics = &state.metrics;
     metrics
         .requests
-        .get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status: response.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            method: method.clone(),
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
         .inc();
-    metrics.latency.get_or_create(&RouteLabels { method, route }).observe(started.elapsed().as_secs_f64());
+    metrics
+        .latency
+        .get_or_create(&RouteLabels { method, route })
+        .observe(started.elapsed().as_secs_f64());
     response
 }

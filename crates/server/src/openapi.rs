@@ -37,9 +37,17 @@ impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         let bearer = |description: &str| {
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build())
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
         };
-        components.add_security_scheme("bearer", bearer("Operator API token (admin, operator or viewer)"));
+        components.add_security_scheme(
+            "bearer",
+            bearer("Operator API token (admin, operator or viewer)"),
+        );
         components.add_security_scheme("device", bearer("Device credential from provisioning"));
     }
 }

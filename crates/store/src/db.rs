@@ -66,13 +66,17 @@ pub struct Row(pub Vec<Value>);
 
 impl Row {
     fn at(&self, idx: usize) -> Result<&Value, StoreError> {
-        self.0.get(idx).ok_or_else(|| StoreError::Corrupt(format!("row has no column {idx}")))
+        self.0
+            .get(idx)
+            .ok_or_else(|| StoreError::Corrupt(format!("row has no column {idx}")))
     }
 
     pub fn int(&self, idx: usize) -> Result<i64, StoreError> {
         match self.at(idx)? {
             Value::Int(i) => Ok(*i),
-            other => Err(StoreError::Corrupt(format!("column {idx}: expected integer, got {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "column {idx}: expected integer, got {other:?}"
+            ))),
         }
     }
 
@@ -86,7 +90,9 @@ impl Row {
     pub fn text(&self, idx: usize) -> Result<String, StoreError> {
         match self.at(idx)? {
             Value::Text(s) => Ok(s.clone()),
-            other => Err(StoreError::Corrupt(format!("column {idx}: expected text, got {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "column {idx}: expected text, got {other:?}"
+            ))),
         }
     }
 
@@ -100,7 +106,9 @@ impl Row {
     pub fn bytes(&self, idx: usize) -> Result<Vec<u8>, StoreError> {
         match self.at(idx)? {
             Value::Bytes(b) => Ok(b.clone()),
-            other => Err(StoreError::Corrupt(format!("column {idx}: expected bytes, got {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "column {idx}: expected bytes, got {other:?}"
+            ))),
         }
     }
 }
@@ -124,6 +132,19 @@ pub trait Db {
         self.query_opt(sql, params)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("expected one row from: {sql}")))
+    }
+
+    /// Runs `first`, giving up after `budget` to run `fallback` instead (same parameters, same
+    /// result). Backends that cannot interrupt a statement run `fallback` directly.
+    async fn query_with_fallback(
+        &mut self,
+        first: &str,
+        fallback: &str,
+        params: &[Value],
+        budget: std::time::Duration,
+    ) -> Result<Vec<Row>, StoreError> {
+        let _ = (first, budget);
+        self.query(fallback, params).await
     }
 
     /// `FOR UPDATE` on PostgreSQL; nothing on SQLite, whose single writer already serialises writes.

@@ -26,7 +26,9 @@ use drover_core::query::Query;
 use drover_core::{Device, DeviceId, GroupName, Timestamp};
 use drover_proto::audit::AuditEntry;
 use drover_proto::auth::{ClaimView, NewClaim, NewToken, TokenView};
-use drover_proto::devices::{DevicePatch, DeviceSort, ImportResult, NewDevice, OnConflict, SortOrder};
+use drover_proto::devices::{
+    DevicePatch, DeviceSort, ImportResult, NewDevice, OnConflict, SortOrder,
+};
 use drover_proto::groups::{GroupPatch, GroupView, NewGroup};
 use drover_proto::Page;
 
@@ -72,6 +74,9 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("database error: {0}")]
     Backend(String),
+    /// A statement was interrupted by its time budget (internal: callers fall back to another plan).
+    #[error("statement interrupted")]
+    Interrupted,
 }
 
 impl StoreError {
@@ -79,7 +84,8 @@ impl StoreError {
         if let rusqlite::Error::SqliteFailure(err, msg) = &e {
             let detail = msg.clone().unwrap_or_default();
             match err.extended_code {
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
                     return StoreError::Conflict(format!("already exists ({detail})"));
                 }
                 rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
@@ -87,7 +93,12 @@ impl StoreError {
                 }
                 _ => {}
             }
-            if err.code == rusqlite::ErrorCode::DatabaseBusy || err.code == rusqlite::ErrorCode::DatabaseLocked {
+            if err.code == rusqlite::ErrorCode::OperationInterrupted {
+                return StoreError::Interrupted;
+            }
+            if err.code == rusqlite::ErrorCode::DatabaseBusy
+                || err.code == rusqlite::ErrorCode::DatabaseLocked
+            {
                 return StoreError::Unavailable(format!("sqlite busy: {detail}"));
             }
         }
@@ -95,7 +106,10 @@ impl StoreError {
     }
 
     pub(crate) fn not_found(kind: &'static str, id: impl ToString) -> StoreError {
-        StoreError::NotFound { kind, id: id.to_string() }
+        StoreError::NotFound {
+            kind,
+            id: id.to_string(),
+        }
     }
 }
 
@@ -108,7 +122,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { pg_max_connections: 16 }
+        StoreOptions {
+            pg_max_connections: 16,
+        }
     }
 }
 
@@ -131,10 +147,24 @@ macro_rules! with_db {
     ($store:expr, $mode:ident, |$db:ident| $body:expr) => {
         match &$store.backend {
             Backend::Sqlite(backend) => {
-                backend.$mode(move |mut conn| Box::pin(async move { let $db = &mut conn; $body })).await
+                backend
+                    .$mode(move |mut conn| {
+                        Box::pin(async move {
+                            let $db = &mut conn;
+                            $body
+                        })
+                    })
+                    .await
             }
             Backend::Postgres(backend) => {
-                backend.$mode(move |mut conn| Box::pin(async move { let $db = &mut conn; $body })).await
+                backend
+                    .$mode(move |mut conn| {
+                        Box::pin(async move {
+                            let $db = &mut conn;
+                            $body
+                        })
+                    })
+                    .await
             }
         }
     };
@@ -206,7 +236,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<(Device, Option<String>), StoreError> {
         let actor = actor.clone();
-        with_db!(self, write, |db| ops::devices::create(db, &actor, new, now).await)
+        with_db!(self, write, |db| ops::devices::create(db, &actor, new, now)
+            .await)
     }
 
     /// One device by id.
@@ -224,19 +255,36 @@ impl Store {
         now: Timestamp,
     ) -> Result<Device, StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::devices::update(db, &actor, &id, patch, now).await)
+        with_db!(self, write, |db| ops::devices::update(
+            db, &actor, &id, patch, now
+        )
+        .await)
     }
 
     /// Deletes a device and everything attached to it (tags, memberships, credentials).
-    pub async fn delete_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn delete_device(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::devices::delete(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::devices::delete(db, &actor, &id, now)
+            .await)
     }
 
     /// Decommissions a device: revokes its credentials, keeps its history, frees its hardware id.
-    pub async fn decommission_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+    pub async fn decommission_device(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<Device, StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::devices::decommission(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::devices::decommission(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// A page of devices matching `query`, in `sort` order, after `cursor`.
@@ -251,7 +299,16 @@ impl Store {
     ) -> Result<Page<Device>, StoreError> {
         let query = query.clone();
         let cursor = cursor.map(str::to_owned);
-        with_db!(self, read, |db| ops::devices::list(db, &query, sort, order, cursor.as_deref(), limit, now).await)
+        with_db!(self, read, |db| ops::devices::list(
+            db,
+            &query,
+            sort,
+            order,
+            cursor.as_deref(),
+            limit,
+            now
+        )
+        .await)
     }
 
     /// Number of devices matching `query`.
@@ -274,7 +331,10 @@ impl Store {
         now: Timestamp,
     ) -> Result<(u64, u64), StoreError> {
         let (actor, query) = (actor.clone(), query.clone());
-        with_db!(self, write, |db| ops::devices::bulk_update(db, &actor, &query, patch, now).await)
+        with_db!(self, write, |db| ops::devices::bulk_update(
+            db, &actor, &query, patch, now
+        )
+        .await)
     }
 
     /// Imports devices streamed through `rx` in one transaction. The import commits only when
@@ -287,33 +347,72 @@ impl Store {
         now: Timestamp,
     ) -> Result<ImportResult, StoreError> {
         let actor = actor.clone();
-        with_db!(self, write, |db| ops::devices::import(db, &actor, on_conflict, rx, now).await)
+        with_db!(self, write, |db| ops::devices::import(
+            db,
+            &actor,
+            on_conflict,
+            rx,
+            now
+        )
+        .await)
     }
 
     // ---- credentials and provisioning ----------------------------------------------------------
 
     /// Replaces a device's credential; returns the new secret (shown once).
-    pub async fn rotate_credential(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<String, StoreError> {
+    pub async fn rotate_credential(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<String, StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::provision::rotate_credential(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::provision::rotate_credential(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// Revokes every credential of a device; returns how many were active.
-    pub async fn revoke_credentials(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
+    pub async fn revoke_credentials(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::provision::revoke_credentials(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::provision::revoke_credentials(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// Accepts a pending device: it may fetch its credential with its nonce.
-    pub async fn accept_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+    pub async fn accept_device(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<Device, StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::provision::accept(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::provision::accept(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// Rejects a pending device.
-    pub async fn reject_device(&self, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+    pub async fn reject_device(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<Device, StoreError> {
         let (actor, id) = (actor.clone(), id.clone());
-        with_db!(self, write, |db| ops::provision::reject(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::provision::reject(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// Handles a device's provisioning request.
@@ -323,24 +422,38 @@ impl Store {
         options: ProvisionOptions,
         now: Timestamp,
     ) -> Result<ProvisionOutcome, StoreError> {
-        with_db!(self, write, |db| ops::provision::provision(db, request, options, now).await)
+        with_db!(self, write, |db| ops::provision::provision(
+            db, request, options, now
+        )
+        .await)
     }
 
     /// The device that owns an active credential.
     pub async fn authenticate_device(&self, credential: &str) -> Result<Device, StoreError> {
         let hash = secret::hash(credential);
-        with_db!(self, read, |db| ops::provision::authenticate(db, &hash).await)
+        with_db!(self, read, |db| ops::provision::authenticate(db, &hash)
+            .await)
     }
 
     // ---- groups --------------------------------------------------------------------------------
 
-    pub async fn create_group(&self, actor: &Actor, new: NewGroup, now: Timestamp) -> Result<GroupView, StoreError> {
+    pub async fn create_group(
+        &self,
+        actor: &Actor,
+        new: NewGroup,
+        now: Timestamp,
+    ) -> Result<GroupView, StoreError> {
         let actor = actor.clone();
-        with_db!(self, write, |db| ops::groups::create(db, &actor, new, now).await)
+        with_db!(self, write, |db| ops::groups::create(db, &actor, new, now)
+            .await)
     }
 
     /// A group with its current member count.
-    pub async fn get_group(&self, name: &GroupName, now: Timestamp) -> Result<GroupView, StoreError> {
+    pub async fn get_group(
+        &self,
+        name: &GroupName,
+        now: Timestamp,
+    ) -> Result<GroupView, StoreError> {
         let name = name.clone();
         with_db!(self, read, |db| ops::groups::get(db, &name, now).await)
     }
@@ -358,12 +471,23 @@ impl Store {
         now: Timestamp,
     ) -> Result<GroupView, StoreError> {
         let (actor, name) = (actor.clone(), name.clone());
-        with_db!(self, write, |db| ops::groups::update(db, &actor, &name, patch, now).await)
+        with_db!(self, write, |db| ops::groups::update(
+            db, &actor, &name, patch, now
+        )
+        .await)
     }
 
-    pub async fn delete_group(&self, actor: &Actor, name: &GroupName, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn delete_group(
+        &self,
+        actor: &Actor,
+        name: &GroupName,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let (actor, name) = (actor.clone(), name.clone());
-        with_db!(self, write, |db| ops::groups::delete(db, &actor, &name, now).await)
+        with_db!(self, write, |db| ops::groups::delete(
+            db, &actor, &name, now
+        )
+        .await)
     }
 
     /// Adds devices to a static group; all ids must exist. Returns how many were newly added.
@@ -375,7 +499,10 @@ impl Store {
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         let (actor, name) = (actor.clone(), name.clone());
-        with_db!(self, write, |db| ops::groups::change_members(db, &actor, &name, ids, true, now).await)
+        with_db!(self, write, |db| ops::groups::change_members(
+            db, &actor, &name, ids, true, now
+        )
+        .await)
     }
 
     /// Removes devices from a static group. Returns how many were members.
@@ -387,48 +514,87 @@ impl Store {
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         let (actor, name) = (actor.clone(), name.clone());
-        with_db!(self, write, |db| ops::groups::change_members(db, &actor, &name, ids, false, now).await)
+        with_db!(self, write, |db| ops::groups::change_members(
+            db, &actor, &name, ids, false, now
+        )
+        .await)
     }
 
     /// The query that selects a group's members: `group = NAME` for a static group, the group's own
     /// query for a dynamic one.
     pub async fn group_query(&self, name: &GroupName) -> Result<Query, StoreError> {
         let name = name.clone();
-        with_db!(self, read, |db| ops::groups::membership_query(db, &name).await)
+        with_db!(self, read, |db| ops::groups::membership_query(db, &name)
+            .await)
     }
 
     /// Names of the groups (static and dynamic) a device belongs to right now.
-    pub async fn device_groups(&self, id: &DeviceId, now: Timestamp) -> Result<Vec<GroupName>, StoreError> {
+    pub async fn device_groups(
+        &self,
+        id: &DeviceId,
+        now: Timestamp,
+    ) -> Result<Vec<GroupName>, StoreError> {
         let id = id.clone();
-        with_db!(self, read, |db| ops::groups::device_groups(db, &id, now).await)
+        with_db!(self, read, |db| ops::groups::device_groups(db, &id, now)
+            .await)
     }
 
     // ---- operator tokens, claims, audit --------------------------------------------------------
 
     /// Creates the first admin token if there are no tokens at all. Returns the secret when one was
     /// created (`preset` is used as the secret when given).
-    pub async fn bootstrap_admin(&self, preset: Option<String>, now: Timestamp) -> Result<Option<String>, StoreError> {
-        with_db!(self, write, |db| ops::auth::bootstrap_admin(db, preset, now).await)
+    pub async fn bootstrap_admin(
+        &self,
+        preset: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError> {
+        with_db!(self, write, |db| ops::auth::bootstrap_admin(
+            db, preset, now
+        )
+        .await)
     }
 
-    pub async fn create_token(&self, actor: &Actor, new: NewToken, now: Timestamp) -> Result<(TokenView, String), StoreError> {
+    pub async fn create_token(
+        &self,
+        actor: &Actor,
+        new: NewToken,
+        now: Timestamp,
+    ) -> Result<(TokenView, String), StoreError> {
         let actor = actor.clone();
-        with_db!(self, write, |db| ops::auth::create_token(db, &actor, new, now).await)
+        with_db!(self, write, |db| ops::auth::create_token(
+            db, &actor, new, now
+        )
+        .await)
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenView>, StoreError> {
         with_db!(self, read, |db| ops::auth::list_tokens(db).await)
     }
 
-    pub async fn revoke_token(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<TokenView, StoreError> {
+    pub async fn revoke_token(
+        &self,
+        actor: &Actor,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<TokenView, StoreError> {
         let (actor, id) = (actor.clone(), id.to_owned());
-        with_db!(self, write, |db| ops::auth::revoke_token(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::auth::revoke_token(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// Checks an operator token secret; returns who it belongs to, or why it is refused.
-    pub async fn authenticate_token(&self, secret: &str, now: Timestamp) -> Result<TokenAuth, StoreError> {
+    pub async fn authenticate_token(
+        &self,
+        secret: &str,
+        now: Timestamp,
+    ) -> Result<TokenAuth, StoreError> {
         let hash = secret::hash(secret);
-        with_db!(self, read, |db| ops::auth::authenticate_token(db, &hash, now).await)
+        with_db!(self, read, |db| ops::auth::authenticate_token(
+            db, &hash, now
+        )
+        .await)
     }
 
     /// Records that a token was used (callers throttle this; it is a write).
@@ -437,9 +603,17 @@ impl Store {
         with_db!(self, write, |db| ops::auth::touch_token(db, &id, now).await)
     }
 
-    pub async fn create_claim(&self, actor: &Actor, new: NewClaim, now: Timestamp) -> Result<(ClaimView, String), StoreError> {
+    pub async fn create_claim(
+        &self,
+        actor: &Actor,
+        new: NewClaim,
+        now: Timestamp,
+    ) -> Result<(ClaimView, String), StoreError> {
         let actor = actor.clone();
-        with_db!(self, write, |db| ops::auth::create_claim(db, &actor, new, now).await)
+        with_db!(self, write, |db| ops::auth::create_claim(
+            db, &actor, new, now
+        )
+        .await)
     }
 
     pub async fn list_claims(&self) -> Result<Vec<ClaimView>, StoreError> {
@@ -451,9 +625,17 @@ impl Store {
         with_db!(self, read, |db| ops::auth::get_claim(db, &id).await)
     }
 
-    pub async fn revoke_claim(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<ClaimView, StoreError> {
+    pub async fn revoke_claim(
+        &self,
+        actor: &Actor,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<ClaimView, StoreError> {
         let (actor, id) = (actor.clone(), id.to_owned());
-        with_db!(self, write, |db| ops::auth::revoke_claim(db, &actor, &id, now).await)
+        with_db!(self, write, |db| ops::auth::revoke_claim(
+            db, &actor, &id, now
+        )
+        .await)
     }
 
     /// Audit entries matching `filter`, newest first.

@@ -27,7 +27,11 @@ const PG_MIGRATION_LOCK: i64 = 0x4452_4f56_4552;
 
 pub async fn run<D: Db>(db: &mut D) -> Result<(), StoreError> {
     if db.dialect() == Dialect::Postgres {
-        db.query("SELECT pg_advisory_xact_lock($1)", &[Value::Int(PG_MIGRATION_LOCK)]).await?;
+        db.query(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[Value::Int(PG_MIGRATION_LOCK)],
+        )
+        .await?;
     }
     db.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -48,7 +52,10 @@ pub async fn run<D: Db>(db: &mut D) -> Result<(), StoreError> {
         };
         for statement in split_statements(sql) {
             db.execute(&statement, &[]).await.map_err(|e| {
-                StoreError::Backend(format!("migration {} ({}) failed: {e}", migration.version, migration.name))
+                StoreError::Backend(format!(
+                    "migration {} ({}) failed: {e}",
+                    migration.version, migration.name
+                ))
             })?;
         }
         let now = std::time::SystemTime::now()
@@ -56,16 +63,29 @@ pub async fn run<D: Db>(db: &mut D) -> Result<(), StoreError> {
             .map_or(0, |d| d.as_millis() as i64);
         db.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-            &[Value::Int(migration.version), Value::from(migration.name), Value::Int(now)],
+            &[
+                Value::Int(migration.version),
+                Value::from(migration.name),
+                Value::Int(now),
+            ],
         )
         .await?;
-        tracing::info!(version = migration.version, name = migration.name, "applied migration");
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
     }
     Ok(())
 }
 
 pub async fn current_version<D: Db>(db: &mut D) -> Result<i64, StoreError> {
-    let row = db.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await?;
+    let row = db
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?;
     row.int(0)
 }
 
@@ -81,7 +101,12 @@ fn split_statements(sql: &str) -> Vec<String> {
         current.push_str(line);
         current.push('\n');
         if trimmed.ends_with(';') {
-            statements.push(std::mem::take(&mut current).trim().trim_end_matches(';').to_owned());
+            statements.push(
+                std::mem::take(&mut current)
+                    .trim()
+                    .trim_end_matches(';')
+                    .to_owned(),
+            );
         }
     }
     if !current.trim().is_empty() {

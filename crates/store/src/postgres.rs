@@ -20,20 +20,25 @@ pub struct PgBackend {
 impl PgBackend {
     /// Connects to `url` (`postgres://user@host:port/db?options=...`) and checks the connection.
     pub async fn open(url: &str, max_connections: usize) -> Result<PgBackend, StoreError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build PostgreSQL pool: {e}")))?;
         let backend = PgBackend { pool };
         // Fail at start-up, with the reason, rather than on the first request.
-        let _probe = backend
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Config(format!("cannot connect to PostgreSQL: {}", error_chain(&e))))?;
+        let _probe = backend.pool.get().await.map_err(|e| {
+            StoreError::Config(format!("cannot connect to PostgreSQL: {}", error_chain(&e)))
+        })?;
         Ok(backend)
     }
 
@@ -44,9 +49,7 @@ impl PgBackend {
     {
         let mut client = self.pool.get().await.map_err(StoreError::pool)?;
         let tx = client.transaction().await.map_err(StoreError::pg)?;
-        let result = {
-            op(PgConn { tx: &tx }).await
-        };
+        let result = { op(PgConn { tx: &tx }).await };
         match result {
             Ok(value) => {
                 tx.commit().await.map_err(StoreError::pg)?;
@@ -91,7 +94,8 @@ impl Db for PgConn<'_> {
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let client = self.tx;
         let stmt = client.prepare_cached(sql).await.map_err(StoreError::pg)?;
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let rows = client.query(&stmt, &refs).await.map_err(StoreError::pg)?;
         rows.iter().map(convert_row).collect()
     }
@@ -99,7 +103,8 @@ impl Db for PgConn<'_> {
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let client = self.tx;
         let stmt = client.prepare_cached(sql).await.map_err(StoreError::pg)?;
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         client.execute(&stmt, &refs).await.map_err(StoreError::pg)
     }
 }
@@ -112,25 +117,37 @@ fn convert_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
             // e.g. `SELECT pg_advisory_xact_lock(…)`: there is nothing to read.
             Ok(Value::Null)
         } else if *ty == Type::INT8 {
-            row.try_get::<_, Option<i64>>(idx).map(|v| v.map_or(Value::Null, Value::Int))
+            row.try_get::<_, Option<i64>>(idx)
+                .map(|v| v.map_or(Value::Null, Value::Int))
         } else if *ty == Type::INT4 {
-            row.try_get::<_, Option<i32>>(idx).map(|v| v.map_or(Value::Null, |i| Value::Int(i.into())))
+            row.try_get::<_, Option<i32>>(idx)
+                .map(|v| v.map_or(Value::Null, |i| Value::Int(i.into())))
         } else if *ty == Type::INT2 {
-            row.try_get::<_, Option<i16>>(idx).map(|v| v.map_or(Value::Null, |i| Value::Int(i.into())))
+            row.try_get::<_, Option<i16>>(idx)
+                .map(|v| v.map_or(Value::Null, |i| Value::Int(i.into())))
         } else if *ty == Type::BOOL {
-            row.try_get::<_, Option<bool>>(idx).map(|v| v.map_or(Value::Null, |b| Value::Int(b.into())))
+            row.try_get::<_, Option<bool>>(idx)
+                .map(|v| v.map_or(Value::Null, |b| Value::Int(b.into())))
         } else if *ty == Type::BYTEA {
-            row.try_get::<_, Option<Vec<u8>>>(idx).map(|v| v.map_or(Value::Null, Value::Bytes))
+            row.try_get::<_, Option<Vec<u8>>>(idx)
+                .map(|v| v.map_or(Value::Null, Value::Bytes))
         } else {
-            row.try_get::<_, Option<String>>(idx).map(|v| v.map_or(Value::Null, Value::Text))
+            row.try_get::<_, Option<String>>(idx)
+                .map(|v| v.map_or(Value::Null, Value::Text))
         };
-        values.push(value.map_err(|e| StoreError::Corrupt(format!("column {}: {e}", column.name())))?);
+        values.push(
+            value.map_err(|e| StoreError::Corrupt(format!("column {}: {e}", column.name())))?,
+        );
     }
     Ok(Row(values))
 }
 
 impl ToSql for Value {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Value::Null => Ok(IsNull::Yes),
             Value::Int(i) => {

@@ -37,7 +37,10 @@ impl SqliteBackend {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Config(format!("cannot create data directory {}: {e}", dir.display()))
+                    StoreError::Config(format!(
+                        "cannot create data directory {}: {e}",
+                        dir.display()
+                    ))
                 })?;
             }
         }
@@ -59,12 +62,15 @@ impl SqliteBackend {
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(SqliteConn<'c>) -> LocalBoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+        F: for<'c> FnOnce(SqliteConn<'c>) -> LocalBoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::sqlite)?;
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(StoreError::sqlite)?;
             let result = futures::executor::block_on(op(SqliteConn { conn: &mut conn }));
             match result {
                 Ok(value) => match conn.execute_batch("COMMIT") {
@@ -90,7 +96,9 @@ impl SqliteBackend {
     pub async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(SqliteConn<'c>) -> LocalBoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+        F: for<'c> FnOnce(SqliteConn<'c>) -> LocalBoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -100,7 +108,10 @@ impl SqliteBackend {
                     if let Some(conn) = pool.pop() {
                         break conn;
                     }
-                    pool = inner.reader_returned.wait(pool).unwrap_or_else(|p| p.into_inner());
+                    pool = inner
+                        .reader_returned
+                        .wait(pool)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
             };
             let result = (|| {
@@ -109,7 +120,11 @@ impl SqliteBackend {
                 let _ = conn.execute_batch("COMMIT");
                 result
             })();
-            inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
             inner.reader_returned.notify_one();
             result
         })
@@ -120,13 +135,22 @@ impl SqliteBackend {
 
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_CREATE
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_CREATE
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Config(format!("cannot open SQLite database {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(StoreError::sqlite)?;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        StoreError::Config(format!(
+            "cannot open SQLite database {}: {e}",
+            path.display()
+        ))
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(StoreError::sqlite)?;
     // WAL lets readers run beside the writer; NORMAL sync is durable at each checkpoint and safe
     // against corruption; a 64 MiB page cache keeps indexes of a million devices in memory.
     conn.execute_batch(
@@ -138,7 +162,8 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     )
     .map_err(StoreError::sqlite)?;
     if read_only {
-        conn.execute_batch("PRAGMA query_only = ON;").map_err(StoreError::sqlite)?;
+        conn.execute_batch("PRAGMA query_only = ON;")
+            .map_err(StoreError::sqlite)?;
     }
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
@@ -158,7 +183,9 @@ impl Db for SqliteConn<'_> {
         let sql = to_sqlite_placeholders(sql);
         let mut stmt = self.conn.prepare_cached(&sql).map_err(StoreError::sqlite)?;
         let n_cols = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(StoreError::sqlite)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params.iter().map(to_sql)))
+            .map_err(StoreError::sqlite)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(StoreError::sqlite)? {
             let mut values = Vec::with_capacity(n_cols);
@@ -176,10 +203,32 @@ impl Db for SqliteConn<'_> {
         Ok(out)
     }
 
+    async fn query_with_fallback(
+        &mut self,
+        first: &str,
+        fallback: &str,
+        params: &[Value],
+        budget: std::time::Duration,
+    ) -> Result<Vec<Row>, StoreError> {
+        let deadline = std::time::Instant::now() + budget;
+        // Checked every 1,000 virtual-machine steps: cheap, and fine-grained enough for a budget
+        // of milliseconds.
+        self.conn
+            .progress_handler(1000, Some(move || std::time::Instant::now() >= deadline));
+        let first_try = self.query(first, params).await;
+        self.conn.progress_handler(1000, None::<fn() -> bool>);
+        match first_try {
+            Err(StoreError::Interrupted) => self.query(fallback, params).await,
+            other => other,
+        }
+    }
+
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let sql = to_sqlite_placeholders(sql);
         let mut stmt = self.conn.prepare_cached(&sql).map_err(StoreError::sqlite)?;
-        let n = stmt.execute(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(StoreError::sqlite)?;
+        let n = stmt
+            .execute(rusqlite::params_from_iter(params.iter().map(to_sql)))
+            .map_err(StoreError::sqlite)?;
         Ok(n as u64)
     }
 }

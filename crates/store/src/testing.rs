@@ -15,7 +15,9 @@ pub fn pg_url() -> Option<String> {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but DROVER_TEST_PG is not set: the PostgreSQL suite must run in CI");
+                panic!(
+                    "CI=true but DROVER_TEST_PG is not set: the PostgreSQL suite must run in CI"
+                );
             }
             None
         }
@@ -35,13 +37,19 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = TempDir::new();
         let url = format!("sqlite:{}", dir.path.join("drover.db").display());
-        TestDb { url, schema: None, _dir: Some(dir) }
+        TestDb {
+            url,
+            schema: None,
+            _dir: Some(dir),
+        }
     }
 
     /// A new, empty PostgreSQL schema, or `None` when `DROVER_TEST_PG` is unset (outside CI).
     pub async fn postgres() -> Option<TestDb> {
         let base = pg_url()?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let schema = format!("drover_test_{now}_{}", &crate::secret::short_id("")[..8]);
         let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
             .await
@@ -49,33 +57,59 @@ impl TestDb {
         tokio::spawn(connection);
         // Remove schemas that crashed tests left behind more than an hour ago.
         let stale = client
-            .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'drover_test_%'", &[])
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'drover_test_%'",
+                &[],
+            )
             .await
             .expect("list schemas");
         for row in stale {
             let name: String = row.get(0);
-            let created: u64 = name.split('_').nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let created: u64 = name
+                .split('_')
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             if created + 3600 < now {
-                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await;
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                    .await;
             }
         }
-        client.batch_execute(&format!("CREATE SCHEMA \"{schema}\"")).await.expect("create schema");
+        client
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await
+            .expect("create schema");
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-        Some(TestDb { url, schema: Some((base, schema)), _dir: None })
+        Some(TestDb {
+            url,
+            schema: Some((base, schema)),
+            _dir: None,
+        })
     }
 
     /// Opens a store on this database (applying migrations).
     pub async fn open(&self) -> Result<Store, StoreError> {
-        Store::open(&self.url, &StoreOptions { pg_max_connections: 4 }).await
+        Store::open(
+            &self.url,
+            &StoreOptions {
+                pg_max_connections: 4,
+            },
+        )
+        .await
     }
 
     /// Drops the PostgreSQL schema (SQLite files go with the temporary directory).
     pub async fn cleanup(self) {
         if let Some((base, schema)) = &self.schema {
-            if let Ok((client, connection)) = tokio_postgres::connect(base, tokio_postgres::NoTls).await {
+            if let Ok((client, connection)) =
+                tokio_postgres::connect(base, tokio_postgres::NoTls).await
+            {
                 tokio::spawn(connection);
-                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .await;
             }
         }
     }

@@ -142,7 +142,9 @@ impl Field {
         if let Some(key) = lower.strip_prefix("tags.") {
             // Slice the original, not the lower-cased copy: tag keys are case-sensitive.
             let key = &name[name.len() - key.len()..];
-            return TagKey::parse(key).map(Field::Tag).map_err(|e| e.to_string());
+            return TagKey::parse(key)
+                .map(Field::Tag)
+                .map_err(|e| e.to_string());
         }
         let field = match lower.as_str() {
             "id" => Field::Id,
@@ -240,7 +242,11 @@ impl Predicate {
             Op::In | Op::NotIn => !self.values.is_empty(),
             _ => self.values.len() == 1,
         };
-        count_ok && self.values.iter().all(|value| value_fits(&self.field, self.op, value))
+        count_ok
+            && self
+                .values
+                .iter()
+                .all(|value| value_fits(&self.field, self.op, value))
     }
 }
 
@@ -262,7 +268,9 @@ impl fmt::Display for Expr {
             // parentheses when it binds looser than (or as loose as) the operator around it. Nested
             // same-kind operands only occur in hand-built trees; bracketing them keeps their shape.
             Expr::Or(items) => write_joined(f, items, " OR ", |item| matches!(item, Expr::Or(_))),
-            Expr::And(items) => write_joined(f, items, " AND ", |item| matches!(item, Expr::Or(_) | Expr::And(_))),
+            Expr::And(items) => write_joined(f, items, " AND ", |item| {
+                matches!(item, Expr::Or(_) | Expr::And(_))
+            }),
             Expr::Not(inner) => {
                 if matches!(**inner, Expr::Or(_) | Expr::And(_)) {
                     write!(f, "NOT ({inner})")
@@ -343,7 +351,9 @@ impl fmt::Display for TimeValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TimeValue::Relative(offset) if offset.as_millis() == 0 => f.write_str("now"),
-            TimeValue::Relative(offset) if offset.as_millis() < 0 => write!(f, "now-{}", offset.neg()),
+            TimeValue::Relative(offset) if offset.as_millis() < 0 => {
+                write!(f, "now-{}", offset.neg())
+            }
             TimeValue::Relative(offset) => write!(f, "now+{offset}"),
             TimeValue::Absolute(at) => at.fmt(f),
         }

@@ -58,11 +58,20 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// Whether `device` satisfies `expr`; `static_groups` are the static groups the device belongs to.
-pub(crate) fn eval(expr: &Expr, device: &Device, static_groups: &[GroupName], now: Timestamp) -> bool {
+pub(crate) fn eval(
+    expr: &Expr,
+    device: &Device,
+    static_groups: &[GroupName],
+    now: Timestamp,
+) -> bool {
     match expr {
         Expr::All => true,
-        Expr::Or(operands) => operands.iter().any(|operand| eval(operand, device, static_groups, now)),
-        Expr::And(operands) => operands.iter().all(|operand| eval(operand, device, static_groups, now)),
+        Expr::Or(operands) => operands
+            .iter()
+            .any(|operand| eval(operand, device, static_groups, now)),
+        Expr::And(operands) => operands
+            .iter()
+            .all(|operand| eval(operand, device, static_groups, now)),
         Expr::Not(inner) => !eval(inner, device, static_groups, now),
         Expr::Predicate(predicate) => eval_predicate(predicate, device, static_groups, now),
     }
@@ -76,14 +85,20 @@ enum Attr<'a> {
     Time(Timestamp),
 }
 
-fn eval_predicate(predicate: &Predicate, device: &Device, static_groups: &[GroupName], now: Timestamp) -> bool {
+fn eval_predicate(
+    predicate: &Predicate,
+    device: &Device,
+    static_groups: &[GroupName],
+    now: Timestamp,
+) -> bool {
     if !predicate.is_well_formed() {
         return false;
     }
     let values = &predicate.values;
     if predicate.field == Field::Group {
         // Membership is never missing: a device is either in the group or not.
-        let is_member = |value: &Value| matches!(value, Value::Group(name) if static_groups.contains(name));
+        let is_member =
+            |value: &Value| matches!(value, Value::Group(name) if static_groups.contains(name));
         return match predicate.op {
             Op::Eq | Op::In => values.iter().any(is_member),
             Op::Ne | Op::NotIn => !values.iter().any(is_member),
@@ -110,8 +125,12 @@ fn eval_predicate(predicate: &Predicate, device: &Device, static_groups: &[Group
         (Op::Ge, Some(value)) => compare(value).is_some_and(Ordering::is_ge),
         (Op::Glob, Some(value)) => glob(value) == Some(true),
         (Op::NotGlob, Some(value)) => glob(value) == Some(false),
-        (Op::In, _) => values.iter().any(|value| compare(value) == Some(Ordering::Equal)),
-        (Op::NotIn, _) => values.iter().all(|value| compare(value).is_some_and(Ordering::is_ne)),
+        (Op::In, _) => values
+            .iter()
+            .any(|value| compare(value) == Some(Ordering::Equal)),
+        (Op::NotIn, _) => values
+            .iter()
+            .all(|value| compare(value).is_some_and(Ordering::is_ne)),
         (_, None) => false,
     }
 }
@@ -207,7 +226,9 @@ mod tests {
     }
 
     fn matches(text: &str, device: &Device, groups: &[GroupName]) -> bool {
-        Query::parse(text).unwrap_or_else(|err| panic!("{text}: {err}")).matches(device, groups, NOW)
+        Query::parse(text)
+            .unwrap_or_else(|err| panic!("{text}: {err}"))
+            .matches(device, groups, NOW)
     }
 
     #[test]
@@ -233,7 +254,11 @@ mod tests {
             ("*x", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxy", false),
         ];
         for (pattern, text, expected) in cases {
-            assert_eq!(glob_match(pattern, text), expected, "{pattern:?} ~ {text:?}");
+            assert_eq!(
+                glob_match(pattern, text),
+                expected,
+                "{pattern:?} ~ {text:?}"
+            );
         }
     }
 
@@ -258,8 +283,16 @@ mod tests {
             ("site EXISTS", true, false),
             ("NOT site EXISTS", false, true),
             ("site = ''", false, false),
-            ("hw_id = SN-001 AND hw_rev = rev2 AND region = eu", true, false),
-            ("serial EXISTS OR hw_rev EXISTS OR region EXISTS", true, false),
+            (
+                "hw_id = SN-001 AND hw_rev = rev2 AND region = eu",
+                true,
+                false,
+            ),
+            (
+                "serial EXISTS OR hw_rev EXISTS OR region EXISTS",
+                true,
+                false,
+            ),
             ("tags.env = prod", true, false),
             ("tags.env != staging", true, false),
             ("tags.env != prod", false, false),
@@ -276,7 +309,11 @@ mod tests {
             ("tags.missing != x", false, false),
             ("id = dev-1 AND type = thermostat", true, true),
             ("id != dev-2", true, true),
-            ("id EXISTS AND created EXISTS AND updated EXISTS", true, true),
+            (
+                "id EXISTS AND created EXISTS AND updated EXISTS",
+                true,
+                true,
+            ),
             ("status = active", true, false),
             ("status != active", false, true),
             ("status IN (pending, error)", false, true),
@@ -307,8 +344,16 @@ mod tests {
             ("created < 2020-01-01T00:00:00Z", false, false),
         ];
         for (text, full, bare) in cases {
-            assert_eq!(matches(text, &full_device(), &[]), full, "{text} on the full device");
-            assert_eq!(matches(text, &bare_device(), &[]), bare, "{text} on the bare device");
+            assert_eq!(
+                matches(text, &full_device(), &[]),
+                full,
+                "{text} on the full device"
+            );
+            assert_eq!(
+                matches(text, &bare_device(), &[]),
+                bare,
+                "{text} on the bare device"
+            );
         }
     }
 
@@ -323,14 +368,20 @@ mod tests {
             ("2.3.0", "firmware = 2.3", true),
         ];
         for (version, text, expected) in cases {
-            let device = Device { firmware: Some(Version::parse(version).unwrap()), ..full_device() };
+            let device = Device {
+                firmware: Some(Version::parse(version).unwrap()),
+                ..full_device()
+            };
             assert_eq!(matches(text, &device, &[]), expected, "{version}: {text}");
         }
     }
 
     #[test]
     fn group_predicates_test_static_membership_which_is_never_missing() {
-        let groups = [GroupName::parse("canary").unwrap(), GroupName::parse("berlin").unwrap()];
+        let groups = [
+            GroupName::parse("canary").unwrap(),
+            GroupName::parse("berlin").unwrap(),
+        ];
         let cases = [
             ("group = canary", true, false),
             ("group != canary", false, true),
@@ -339,8 +390,16 @@ mod tests {
             ("group NOT IN (beta)", true, true),
         ];
         for (text, member, outsider) in cases {
-            assert_eq!(matches(text, &full_device(), &groups), member, "{text} in groups");
-            assert_eq!(matches(text, &full_device(), &[]), outsider, "{text} without groups");
+            assert_eq!(
+                matches(text, &full_device(), &groups),
+                member,
+                "{text} in groups"
+            );
+            assert_eq!(
+                matches(text, &full_device(), &[]),
+                outsider,
+                "{text} without groups"
+            );
         }
     }
 
@@ -349,7 +408,11 @@ mod tests {
         let query = Query::parse("last_seen > now-10m").unwrap();
         let device = full_device(); // last seen at NOW - 5m
         assert!(query.matches(&device, &[], NOW));
-        assert!(!query.matches(&device, &[], Timestamp::from_millis(NOW.as_millis() + 6 * MINUTE)));
+        assert!(!query.matches(
+            &device,
+            &[],
+            Timestamp::from_millis(NOW.as_millis() + 6 * MINUTE)
+        ));
     }
 
     #[test]

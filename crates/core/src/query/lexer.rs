@@ -46,7 +46,10 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(text: &'a str) -> Lexer<'a> {
-        Lexer { chars: text.chars().peekable(), column: 1 }
+        Lexer {
+            chars: text.chars().peekable(),
+            column: 1,
+        }
     }
 
     /// Reads the next token, skipping whitespace.
@@ -56,7 +59,10 @@ impl<'a> Lexer<'a> {
         }
         let column = self.column;
         let Some(c) = self.bump() else {
-            return Ok(Token { kind: TokenKind::End, column });
+            return Ok(Token {
+                kind: TokenKind::End,
+                column,
+            });
         };
         let kind = match c {
             '(' => TokenKind::LParen,
@@ -66,10 +72,18 @@ impl<'a> Lexer<'a> {
             '~' => TokenKind::Op(Op::Glob),
             '!' if self.eat('=') => TokenKind::Op(Op::Ne),
             '!' if self.eat('~') => TokenKind::Op(Op::NotGlob),
-            '!' => return Err(QueryError::new(column, "expected '=' or '~' after '!' (the operators are != and !~)")),
+            '!' => {
+                return Err(QueryError::new(
+                    column,
+                    "expected '=' or '~' after '!' (the operators are != and !~)",
+                ))
+            }
             '<' if self.eat('=') => TokenKind::Op(Op::Le),
             '<' if self.chars.peek() == Some(&'>') => {
-                return Err(QueryError::new(column, "'<>' is not an operator; use != for \"not equal\""))
+                return Err(QueryError::new(
+                    column,
+                    "'<>' is not an operator; use != for \"not equal\"",
+                ))
             }
             '<' => TokenKind::Op(Op::Lt),
             '>' if self.eat('=') => TokenKind::Op(Op::Ge),
@@ -89,12 +103,12 @@ impl<'a> Lexer<'a> {
                     format!("unexpected character '{c}'; combine conditions with AND, OR and NOT"),
                 ))
             }
-            other => {
-                return Err(QueryError::new(
-                    column,
-                    format!("unexpected character {other:?}; quote values that contain it, e.g. \"a b\""),
-                ))
-            }
+            other => return Err(QueryError::new(
+                column,
+                format!(
+                    "unexpected character {other:?}; quote values that contain it, e.g. \"a b\""
+                ),
+            )),
         };
         Ok(Token { kind, column })
     }
@@ -116,8 +130,12 @@ impl<'a> Lexer<'a> {
 
     /// Reads the rest of a string opened by `quote` at `start`.
     fn string(&mut self, quote: char, start: usize) -> Result<String, QueryError> {
-        let unterminated =
-            || QueryError::new(start, format!("unterminated string: no closing {quote} before the end of the query"));
+        let unterminated = || {
+            QueryError::new(
+                start,
+                format!("unterminated string: no closing {quote} before the end of the query"),
+            )
+        };
         let mut text = String::new();
         loop {
             let column = self.column;
@@ -142,7 +160,9 @@ impl TokenKind {
     /// How an error message names this token, e.g. `'c'`, `keyword AND`, `end of query`.
     pub(crate) fn describe(&self) -> String {
         match self {
-            TokenKind::Word(word) if is_keyword(word) => format!("keyword {}", word.to_ascii_uppercase()),
+            TokenKind::Word(word) if is_keyword(word) => {
+                format!("keyword {}", word.to_ascii_uppercase())
+            }
             TokenKind::Word(word) => format!("'{}'", truncate(word)),
             TokenKind::Str(text) => format!("string {:?}", truncate(text)),
             TokenKind::LParen => "'('".to_owned(),
@@ -167,7 +187,9 @@ pub(crate) fn is_bare_char(c: char) -> bool {
 
 /// True if `word` is a keyword in any letter case.
 pub(crate) fn is_keyword(word: &str) -> bool {
-    KEYWORDS.iter().any(|keyword| word.eq_ignore_ascii_case(keyword))
+    KEYWORDS
+        .iter()
+        .any(|keyword| word.eq_ignore_ascii_case(keyword))
 }
 
 #[cfg(test)]
@@ -240,16 +262,44 @@ mod tests {
     #[test]
     fn malformed_input_is_reported_at_the_offending_column() {
         let cases = [
-            ("a ! b", 3, "expected '=' or '~' after '!' (the operators are != and !~)"),
-            ("a <> b", 3, "'<>' is not an operator; use != for \"not equal\""),
-            ("a = b && c", 7, "unexpected character '&'; combine conditions with AND, OR and NOT"),
-            ("site = \"abc", 8, "unterminated string: no closing \" before the end of the query"),
-            ("x = 'a\\nb'", 7, "unknown escape '\\n' in string; only \\\", \\' and \\\\ are allowed"),
-            ("x = é", 5, "unexpected character 'é'; quote values that contain it, e.g. \"a b\""),
+            (
+                "a ! b",
+                3,
+                "expected '=' or '~' after '!' (the operators are != and !~)",
+            ),
+            (
+                "a <> b",
+                3,
+                "'<>' is not an operator; use != for \"not equal\"",
+            ),
+            (
+                "a = b && c",
+                7,
+                "unexpected character '&'; combine conditions with AND, OR and NOT",
+            ),
+            (
+                "site = \"abc",
+                8,
+                "unterminated string: no closing \" before the end of the query",
+            ),
+            (
+                "x = 'a\\nb'",
+                7,
+                "unknown escape '\\n' in string; only \\\", \\' and \\\\ are allowed",
+            ),
+            (
+                "x = é",
+                5,
+                "unexpected character 'é'; quote values that contain it, e.g. \"a b\"",
+            ),
         ];
         for (text, column, message) in cases {
             let err = lex(text).expect_err(text);
-            assert_eq!((err.column, err.message.as_str()), (column, message), "{text}");
+            assert_eq!(
+                (err.column, err.message.as_str()),
+                (column, message),
+                "{text}"
+            );
         }
     }
 }

@@ -116,7 +116,10 @@ impl Query {
                 Expr::Or(items) | Expr::And(items) => items.iter().any(|e| walk(e, name)),
                 Expr::Not(inner) => walk(inner, name),
                 Expr::Predicate(p) => {
-                    p.field == Field::Group && p.values.iter().any(|v| matches!(v, Value::Group(g) if g == name))
+                    p.field == Field::Group
+                        && p.values
+                            .iter()
+                            .any(|v| matches!(v, Value::Group(g) if g == name))
                 }
             }
         }
@@ -181,7 +184,10 @@ impl<'de> Deserialize<'de> for Query {
 
 impl QueryError {
     pub(crate) fn new(column: usize, message: impl Into<String>) -> QueryError {
-        QueryError { column, message: message.into() }
+        QueryError {
+            column,
+            message: message.into(),
+        }
     }
 
     /// The query on one line with a caret under the error column, for terminals and plain-text
@@ -196,9 +202,14 @@ impl QueryError {
     /// a long query is cut to a window around the column (marked with `…`).
     pub fn render(&self, source: &str) -> String {
         const WINDOW: usize = 100;
-        let chars: Vec<char> = source.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let chars: Vec<char> = source
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         let caret_idx = self.column.saturating_sub(1).min(chars.len());
-        let start = caret_idx.saturating_sub(WINDOW / 2).min(chars.len().saturating_sub(WINDOW));
+        let start = caret_idx
+            .saturating_sub(WINDOW / 2)
+            .min(chars.len().saturating_sub(WINDOW));
         let end = (start + WINDOW).min(chars.len());
         let mut line = String::new();
         let mut caret_offset = caret_idx - start;
@@ -222,19 +233,28 @@ mod tests {
     fn errors_display_their_column_and_render_a_caret_under_it() {
         let source = "tags.site =";
         let err = Query::parse(source).unwrap_err();
-        assert_eq!(err.to_string(), "query error at column 12: expected a value after '=', found end of query");
+        assert_eq!(
+            err.to_string(),
+            "query error at column 12: expected a value after '=', found end of query"
+        );
         assert_eq!(err.render(source), "tags.site =\n           ^");
 
         let source = "site = a\nOR region < b";
         let err = Query::parse(source).unwrap_err();
         assert_eq!(err.column, 20);
-        assert_eq!(err.render(source), "site = a OR region < b\n                   ^");
+        assert_eq!(
+            err.render(source),
+            "site = a OR region < b\n                   ^"
+        );
     }
 
     #[test]
     fn long_queries_render_a_window_around_the_column() {
-        let source =
-            format!("{} AND site < b AND {}", vec!["site = a"; 20].join(" AND "), vec!["site = a"; 20].join(" AND "));
+        let source = format!(
+            "{} AND site < b AND {}",
+            vec!["site = a"; 20].join(" AND "),
+            vec!["site = a"; 20].join(" AND ")
+        );
         let err = Query::parse(&source).unwrap_err();
         let rendered = err.render(&source);
         let (line, caret) = rendered.split_once('\n').unwrap();
@@ -256,7 +276,12 @@ mod tests {
         let json = serde_json::to_string(&query).unwrap();
         assert_eq!(json, r#""device_type = thermostat AND firmware >= 2.3.0""#);
         assert_eq!(serde_json::from_str::<Query>(&json).unwrap(), query);
-        let err = serde_json::from_str::<Query>(r#""created <""#).unwrap_err().to_string();
-        assert!(err.starts_with("query error at column 10: expected a value"), "{err}");
+        let err = serde_json::from_str::<Query>(r#""created <""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("query error at column 10: expected a value"),
+            "{err}"
+        );
     }
 }

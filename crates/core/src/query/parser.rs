@@ -41,8 +41,11 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub(crate) const DEFAULT: Limits =
-        Limits { max_bytes: MAX_QUERY_BYTES, max_depth: MAX_DEPTH, max_in_values: MAX_IN_VALUES };
+    pub(crate) const DEFAULT: Limits = Limits {
+        max_bytes: MAX_QUERY_BYTES,
+        max_depth: MAX_DEPTH,
+        max_in_values: MAX_IN_VALUES,
+    };
 }
 
 /// Parses query text; empty or whitespace-only text is [`Expr::All`].
@@ -58,7 +61,11 @@ pub(crate) fn parse_with_limits(text: &str, limits: Limits) -> Result<Expr, Quer
         }
         return Err(QueryError::new(
             text[..boundary].chars().count() + 1,
-            format!("query is too long ({} bytes; at most {})", text.len(), limits.max_bytes),
+            format!(
+                "query is too long ({} bytes; at most {})",
+                text.len(),
+                limits.max_bytes
+            ),
         ));
     }
     if text.trim().is_empty() {
@@ -85,7 +92,12 @@ impl<'a> Parser<'a> {
     fn new(text: &'a str, limits: Limits) -> Result<Parser<'a>, QueryError> {
         let mut lexer = Lexer::new(text);
         let current = lexer.next_token()?;
-        Ok(Parser { lexer, current, depth: 0, limits })
+        Ok(Parser {
+            lexer,
+            current,
+            depth: 0,
+            limits,
+        })
     }
 
     /// Moves past the current token and returns it.
@@ -96,7 +108,10 @@ impl<'a> Parser<'a> {
 
     /// An error at the current token: "`expected`, found <token>".
     fn unexpected(&self, expected: &str) -> QueryError {
-        QueryError::new(self.current.column, format!("{expected}, found {}", self.current.kind.describe()))
+        QueryError::new(
+            self.current.column,
+            format!("{expected}, found {}", self.current.kind.describe()),
+        )
     }
 
     fn or(&mut self) -> Result<Expr, QueryError> {
@@ -150,7 +165,10 @@ impl<'a> Parser<'a> {
         if self.depth == self.limits.max_depth {
             return Err(QueryError::new(
                 self.current.column,
-                format!("query nests too deeply (at most {} levels of parentheses and NOT)", self.limits.max_depth),
+                format!(
+                    "query nests too deeply (at most {} levels of parentheses and NOT)",
+                    self.limits.max_depth
+                ),
             ));
         }
         self.depth += 1;
@@ -162,7 +180,11 @@ impl<'a> Parser<'a> {
         let field_token = self.advance()?;
         let field = Field::from_name(&name).map_err(|message| {
             // Point tag key errors at the key rather than at `tags.`.
-            let offset = if name.to_ascii_lowercase().starts_with("tags.") { 5 } else { 0 };
+            let offset = if name.to_ascii_lowercase().starts_with("tags.") {
+                5
+            } else {
+                0
+            };
             QueryError::new(field_token.column + offset, message)
         })?;
 
@@ -179,7 +201,10 @@ impl<'a> Parser<'a> {
                 Op::NotIn
             }
             _ => {
-                let expected = format!("expected an operator after {field} ({})", list_ops(field.allowed_ops(), "or"));
+                let expected = format!(
+                    "expected an operator after {field} ({})",
+                    list_ops(field.allowed_ops(), "or")
+                );
                 return Err(self.unexpected(&expected));
             }
         };
@@ -215,7 +240,10 @@ impl<'a> Parser<'a> {
                     if values.len() == self.limits.max_in_values {
                         return Err(QueryError::new(
                             self.current.column,
-                            format!("too many values in the {op} list (at most {})", self.limits.max_in_values),
+                            format!(
+                                "too many values in the {op} list (at most {})",
+                                self.limits.max_in_values
+                            ),
                         ));
                     }
                     values.push(self.value(field, op, "after ','")?);
@@ -239,7 +267,8 @@ impl<'a> Parser<'a> {
             _ => return Err(self.unexpected(&format!("expected a value {place}"))),
         };
         let column = self.current.column;
-        let value = typed_value(field, op, &text).map_err(|message| QueryError::new(column, message))?;
+        let value =
+            typed_value(field, op, &text).map_err(|message| QueryError::new(column, message))?;
         self.advance()?;
         Ok(value)
     }
@@ -254,9 +283,13 @@ fn typed_value(field: &Field, op: Op, text: &str) -> Result<Value, String> {
     match field.kind() {
         FieldKind::Text => Ok(Value::Text(text.to_owned())),
         FieldKind::Status => DeviceStatus::parse(text).map(Value::Status),
-        FieldKind::Version => Version::parse(text).map(Value::Version).map_err(|e| e.to_string()),
+        FieldKind::Version => Version::parse(text)
+            .map(Value::Version)
+            .map_err(|e| e.to_string()),
         FieldKind::Time => parse_time(text).map(Value::Time),
-        FieldKind::Group => GroupName::parse(text).map(Value::Group).map_err(|e| e.to_string()),
+        FieldKind::Group => GroupName::parse(text)
+            .map(Value::Group)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -266,14 +299,24 @@ fn parse_time(text: &str) -> Result<TimeValue, String> {
     if lower == "now" {
         return Ok(TimeValue::Relative(Duration::from_millis(0)));
     }
-    if let Some(rest) = lower.strip_prefix("now-").or_else(|| lower.strip_prefix("now+")) {
+    if let Some(rest) = lower
+        .strip_prefix("now-")
+        .or_else(|| lower.strip_prefix("now+"))
+    {
         // Parse the original spelling: duration units are lower case and should be reported as typed.
-        let duration = Duration::parse(&text[text.len() - rest.len()..]).map_err(|e| e.to_string())?;
-        let offset = if lower.starts_with("now-") { duration.neg() } else { duration };
+        let duration =
+            Duration::parse(&text[text.len() - rest.len()..]).map_err(|e| e.to_string())?;
+        let offset = if lower.starts_with("now-") {
+            duration.neg()
+        } else {
+            duration
+        };
         return Ok(TimeValue::Relative(offset));
     }
     if text.starts_with(|c: char| c.is_ascii_digit()) {
-        return Timestamp::parse_rfc3339(text).map(TimeValue::Absolute).map_err(|e| e.to_string());
+        return Timestamp::parse_rfc3339(text)
+            .map(TimeValue::Absolute)
+            .map_err(|e| e.to_string());
     }
     Err(format!(
         "expected a time (now, now-<duration>, now+<duration> or an RFC 3339 timestamp such as \
@@ -292,12 +335,18 @@ fn check_op_allowed(field: &Field, op: Op, column: usize) -> Result<(), QueryErr
         FieldKind::Text if op.is_ordering() => {
             " (text has no order because databases sort it differently; use = or ~ instead)"
         }
-        FieldKind::Time if !op.is_ordering() => " (compare times with a range, e.g. last_seen > now-1h)",
+        FieldKind::Time if !op.is_ordering() => {
+            " (compare times with a range, e.g. last_seen > now-1h)"
+        }
         _ => "",
     };
     Err(QueryError::new(
         column,
-        format!("{field} does not support {}; it supports {}{hint}", quoted(op), list_ops(allowed, "and")),
+        format!(
+            "{field} does not support {}; it supports {}{hint}",
+            quoted(op),
+            list_ops(allowed, "and")
+        ),
     ))
 }
 
@@ -314,7 +363,9 @@ fn quoted(op: Op) -> String {
 fn list_ops(ops: &[Op], conjunction: &str) -> String {
     let names: Vec<&str> = ops.iter().map(|op| op.as_str()).collect();
     match names.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} {conjunction} {last}", rest.join(", ")),
+        Some((last, rest)) if !rest.is_empty() => {
+            format!("{} {conjunction} {last}", rest.join(", "))
+        }
         _ => names.join(""),
     }
 }
@@ -378,11 +429,27 @@ mod tests {
             r#"tags.env = prod AND firmware < 2.3.0 AND hw_rev IN (rev2, "rev2.1") AND last_seen < now-10m AND NOT site ~ "berlin-*""#,
         );
         let expected = Expr::And(vec![
-            predicate(Field::Tag(TagKey::parse("env").unwrap()), Op::Eq, vec![text("prod")]),
-            predicate(Field::Firmware, Op::Lt, vec![Value::Version(Version::parse("2.3.0").unwrap())]),
+            predicate(
+                Field::Tag(TagKey::parse("env").unwrap()),
+                Op::Eq,
+                vec![text("prod")],
+            ),
+            predicate(
+                Field::Firmware,
+                Op::Lt,
+                vec![Value::Version(Version::parse("2.3.0").unwrap())],
+            ),
             predicate(Field::HwRev, Op::In, vec![text("rev2"), text("rev2.1")]),
-            predicate(Field::LastSeen, Op::Lt, vec![Value::Time(TimeValue::Relative(Duration::from_secs(-600)))]),
-            Expr::Not(Box::new(predicate(Field::Site, Op::Glob, vec![text("berlin-*")]))),
+            predicate(
+                Field::LastSeen,
+                Op::Lt,
+                vec![Value::Time(TimeValue::Relative(Duration::from_secs(-600)))],
+            ),
+            Expr::Not(Box::new(predicate(
+                Field::Site,
+                Op::Glob,
+                vec![text("berlin-*")],
+            ))),
         ]);
         assert_eq!(expr, expected);
     }
@@ -390,19 +457,40 @@ mod tests {
     #[test]
     fn not_binds_tighter_than_and_which_binds_tighter_than_or() {
         let cases = [
-            ("site = a OR site = b AND site = c", "(or [site = a] (and [site = b] [site = c]))"),
-            ("site = a AND site = b OR site = c", "(or (and [site = a] [site = b]) [site = c])"),
-            ("(site = a OR site = b) AND site = c", "(and (or [site = a] [site = b]) [site = c])"),
-            ("NOT site = a AND site = b", "(and (not [site = a]) [site = b])"),
-            ("NOT (site = a AND site = b)", "(not (and [site = a] [site = b]))"),
+            (
+                "site = a OR site = b AND site = c",
+                "(or [site = a] (and [site = b] [site = c]))",
+            ),
+            (
+                "site = a AND site = b OR site = c",
+                "(or (and [site = a] [site = b]) [site = c])",
+            ),
+            (
+                "(site = a OR site = b) AND site = c",
+                "(and (or [site = a] [site = b]) [site = c])",
+            ),
+            (
+                "NOT site = a AND site = b",
+                "(and (not [site = a]) [site = b])",
+            ),
+            (
+                "NOT (site = a AND site = b)",
+                "(not (and [site = a] [site = b]))",
+            ),
             ("NOT NOT site = a", "(not (not [site = a]))"),
-            ("site = a or site = b or site = c", "(or [site = a] [site = b] [site = c])"),
+            (
+                "site = a or site = b or site = c",
+                "(or [site = a] [site = b] [site = c])",
+            ),
             (
                 "(site = a AND site = b) AND (site = c AND site = d)",
                 "(and [site = a] [site = b] [site = c] [site = d])",
             ),
             ("((site = a))", "[site = a]"),
-            ("site NOT IN (a) OR site EXISTS", "(or [site NOT IN (a)] [site EXISTS])"),
+            (
+                "site NOT IN (a) OR site EXISTS",
+                "(or [site NOT IN (a)] [site EXISTS])",
+            ),
             ("", "all"),
             ("  \n\t ", "all"),
         ];
@@ -478,7 +566,11 @@ mod tests {
         ];
         for (text, column, message) in cases {
             let err = parse(text).expect_err(text);
-            assert_eq!((err.column, err.message.as_str()), (column, message), "{text}");
+            assert_eq!(
+                (err.column, err.message.as_str()),
+                (column, message),
+                "{text}"
+            );
         }
     }
 
@@ -488,11 +580,17 @@ mod tests {
         assert!(parse(&nested(MAX_DEPTH)).is_ok());
         let err = parse(&nested(MAX_DEPTH + 1)).unwrap_err();
         assert_eq!(err.column, MAX_DEPTH + 1);
-        assert_eq!(err.message, "query nests too deeply (at most 64 levels of parentheses and NOT)");
+        assert_eq!(
+            err.message,
+            "query nests too deeply (at most 64 levels of parentheses and NOT)"
+        );
 
         let nots = |depth: usize| format!("{}site = a", "NOT ".repeat(depth));
         assert!(parse(&nots(MAX_DEPTH)).is_ok());
-        assert_eq!(parse(&nots(MAX_DEPTH + 1)).unwrap_err().column, MAX_DEPTH * 4 + 1);
+        assert_eq!(
+            parse(&nots(MAX_DEPTH + 1)).unwrap_err().column,
+            MAX_DEPTH * 4 + 1
+        );
         // A long flat chain is not nesting.
         assert!(parse(&vec!["site = a"; 1000].join(" AND ")).is_ok());
     }
@@ -502,15 +600,27 @@ mod tests {
         let long = format!("site = \"{}\"", "x".repeat(MAX_QUERY_BYTES));
         let err = parse(&long).unwrap_err();
         assert_eq!(err.column, MAX_QUERY_BYTES + 1);
-        assert_eq!(err.message, format!("query is too long ({} bytes; at most 16384)", long.len()));
+        assert_eq!(
+            err.message,
+            format!("query is too long ({} bytes; at most 16384)", long.len())
+        );
 
         // Multi-byte characters straddling the limit must not split a character.
         let wide = format!("site = \"{}\"", "é".repeat(MAX_QUERY_BYTES / 2));
-        assert!(parse(&wide).unwrap_err().message.starts_with("query is too long"));
+        assert!(parse(&wide)
+            .unwrap_err()
+            .message
+            .starts_with("query is too long"));
 
-        let small = Limits { max_in_values: 3, ..Limits::DEFAULT };
+        let small = Limits {
+            max_in_values: 3,
+            ..Limits::DEFAULT
+        };
         assert!(parse_with_limits("site IN (a,b,c)", small).is_ok());
         let err = parse_with_limits("site NOT IN (a,b,c,d)", small).unwrap_err();
-        assert_eq!((err.column, err.message.as_str()), (20, "too many values in the NOT IN list (at most 3)"));
+        assert_eq!(
+            (err.column, err.message.as_str()),
+            (20, "too many values in the NOT IN list (at most 3)")
+        );
     }
 }

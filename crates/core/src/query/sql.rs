@@ -32,9 +32,18 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A boolean SQL expression and the parameters its placeholders refer to, in placeholder order.
+/// A compiled query: joins to append after `FROM devices d`, a boolean `WHERE` expression, and the
+/// parameters their placeholders refer to, in placeholder order.
+///
+/// Tag tests in the query's top-level `AND` (and `group = x`) become joins rather than subqueries:
+/// a join lets the database's planner weigh the tag's own selectivity (its statistics on
+/// `(key, value)`) and start from whichever side is smaller. Each join matches at most one row per
+/// device (one row per device and tag key; one per device and group), so joins never duplicate
+/// devices. Tests under `OR` or `NOT` stay subqueries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlFragment {
+    /// Zero or more ` JOIN … ON …` clauses (each starting with a space).
+    pub joins: String,
     pub sql: String,
     /// `params[i]` binds placeholder number `first_param + i`.
     pub params: Vec<SqlParam>,
@@ -51,10 +60,46 @@ pub enum SqlParam {
 
 /// Compiles `expr` with relative times resolved against `now` and placeholders numbered from
 /// `first_param`.
-pub(crate) fn compile(expr: &Expr, dialect: Dialect, now: Timestamp, first_param: usize) -> SqlFragment {
-    let mut compiler = Compiler { dialect, now, next_param: first_param, params: Vec::new() };
-    let sql = compiler.expr(expr).text;
-    SqlFragment { sql, params: compiler.params }
+pub(crate) fn compile(
+    expr: &Expr,
+    dialect: Dialect,
+    now: Timestamp,
+    first_param: usize,
+) -> SqlFragment {
+    let mut compiler = Compiler {
+        dialect,
+        now,
+        next_param: first_param,
+        params: Vec::new(),
+    };
+    let conjuncts: Vec<&Expr> = match expr {
+        Expr::And(operands) => operands.iter().collect(),
+        other => vec![other],
+    };
+    let mut joins = String::new();
+    let mut rest = Vec::new();
+    for conjunct in conjuncts {
+        match compiler.join(conjunct, joins.matches(" JOIN ").count() + 1) {
+            Some(join) => joins.push_str(&join),
+            None => rest.push(conjunct),
+        }
+    }
+    let sql = match rest.as_slice() {
+        [] => ALWAYS.to_owned(),
+        [only] => compiler.expr(only).text,
+        many => {
+            let parts: Vec<String> = many
+                .iter()
+                .map(|operand| compiler.expr(operand).text)
+                .collect();
+            format!("({})", parts.join(" AND "))
+        }
+    };
+    SqlFragment {
+        joins,
+        sql,
+        params: compiler.params,
+    }
 }
 
 struct Compiler {
@@ -73,11 +118,17 @@ struct Sql {
 
 impl Sql {
     fn atom(text: impl Into<String>) -> Sql {
-        Sql { text: text.into(), parenthesised: false }
+        Sql {
+            text: text.into(),
+            parenthesised: false,
+        }
     }
 
     fn parenthesised(text: String) -> Sql {
-        Sql { text: format!("({text})"), parenthesised: true }
+        Sql {
+            text: format!("({text})"),
+            parenthesised: true,
+        }
     }
 
     /// `cond`, preceded by `guard AND` when `needs_guard`.
@@ -94,6 +145,35 @@ const ALWAYS: &str = "1=1";
 const NEVER: &str = "1=0";
 
 impl Compiler {
+    /// The join clause for a top-level conjunct that is a tag test or `group = x`, if it is one.
+    fn join(&mut self, expr: &Expr, n: usize) -> Option<String> {
+        let Expr::Predicate(predicate) = expr else {
+            return None;
+        };
+        if !predicate.is_well_formed() {
+            return None;
+        }
+        match &predicate.field {
+            Field::Tag(key) => {
+                let alias = format!("t{n}");
+                let key = self.bind(SqlParam::Text(key.as_str().to_owned()));
+                let mut join = format!(" JOIN device_tags {alias} ON {alias}.device_seq = d.seq AND {alias}.key = {key}");
+                if predicate.op != Op::Exists {
+                    join.push_str(" AND ");
+                    join.push_str(&self.text_condition(&format!("{alias}.value"), predicate));
+                }
+                Some(join)
+            }
+            // `group IN (a, b)` could match two rows per device, so only `=` becomes a join.
+            Field::Group if predicate.op == Op::Eq => {
+                let alias = format!("g{n}");
+                let group = self.bind_value(predicate.values.first());
+                Some(format!(" JOIN group_members {alias} ON {alias}.device_seq = d.seq AND {alias}.group_name = {group}"))
+            }
+            _ => None,
+        }
+    }
+
     fn expr(&mut self, expr: &Expr) -> Sql {
         match expr {
             Expr::All => Sql::atom(ALWAYS),
@@ -115,7 +195,10 @@ impl Compiler {
         if operands.is_empty() {
             return Sql::atom(empty);
         }
-        let parts: Vec<String> = operands.iter().map(|operand| self.expr(operand).text).collect();
+        let parts: Vec<String> = operands
+            .iter()
+            .map(|operand| self.expr(operand).text)
+            .collect();
         Sql::parenthesised(parts.join(separator))
     }
 
@@ -136,7 +219,8 @@ impl Compiler {
             Field::Tag(key) => {
                 // A missing tag has no row, so the subquery needs no guard.
                 let key = self.bind(SqlParam::Text(key.as_str().to_owned()));
-                let mut sql = format!("d.seq IN (SELECT t.device_seq FROM device_tags t WHERE t.key = {key}");
+                let mut sql =
+                    format!("d.seq IN (SELECT t.device_seq FROM device_tags t WHERE t.key = {key}");
                 if predicate.op != Op::Exists {
                     sql.push_str(" AND ");
                     sql.push_str(&self.text_condition("t.value", predicate));
@@ -151,11 +235,22 @@ impl Compiler {
             Field::Group => {
                 // Membership is never missing, so `!=` and `NOT IN` are plain complements.
                 let cond = match predicate.op {
-                    Op::In | Op::NotIn => self.list_condition("g.group_name", Op::In, &predicate.values),
-                    _ => format!("g.group_name = {}", self.bind_value(predicate.values.first())),
+                    Op::In | Op::NotIn => {
+                        self.list_condition("g.group_name", Op::In, &predicate.values)
+                    }
+                    _ => format!(
+                        "g.group_name = {}",
+                        self.bind_value(predicate.values.first())
+                    ),
                 };
-                let negation = if matches!(predicate.op, Op::Ne | Op::NotIn) { "NOT " } else { "" };
-                Sql::atom(format!("d.seq {negation}IN (SELECT g.device_seq FROM group_members g WHERE {cond})"))
+                let negation = if matches!(predicate.op, Op::Ne | Op::NotIn) {
+                    "NOT "
+                } else {
+                    ""
+                };
+                Sql::atom(format!(
+                    "d.seq {negation}IN (SELECT g.device_seq FROM group_members g WHERE {cond})"
+                ))
             }
         }
     }
@@ -163,7 +258,11 @@ impl Compiler {
     /// A text column; `optional` columns hold `''` when the attribute is missing.
     fn text_column(&mut self, column: &str, optional: bool, predicate: &Predicate) -> Sql {
         if predicate.op == Op::Exists {
-            return Sql::atom(if optional { format!("{column} <> ''") } else { ALWAYS.to_owned() });
+            return Sql::atom(if optional {
+                format!("{column} <> ''")
+            } else {
+                ALWAYS.to_owned()
+            });
         }
         let cond = self.text_condition(column, predicate);
         let needs_guard = optional && empty_text_could_match(predicate);
@@ -196,7 +295,10 @@ impl Compiler {
     /// `column IN (…)` or, for [`Op::NotIn`], `column NOT IN (…)`.
     fn list_condition(&mut self, column: &str, op: Op, values: &[Value]) -> String {
         let negation = if op == Op::NotIn { "NOT " } else { "" };
-        let placeholders: Vec<String> = values.iter().map(|value| self.bind_value(Some(value))).collect();
+        let placeholders: Vec<String> = values
+            .iter()
+            .map(|value| self.bind_value(Some(value)))
+            .collect();
         format!("{column} {negation}IN ({})", placeholders.join(", "))
     }
 
@@ -254,7 +356,11 @@ impl Compiler {
     /// A millisecond time column; with `never_seen_zero`, 0 means missing.
     fn time_column(&mut self, column: &str, never_seen_zero: bool, predicate: &Predicate) -> Sql {
         if predicate.op == Op::Exists {
-            return Sql::atom(if never_seen_zero { format!("{column} > 0") } else { ALWAYS.to_owned() });
+            return Sql::atom(if never_seen_zero {
+                format!("{column} > 0")
+            } else {
+                ALWAYS.to_owned()
+            });
         }
         let at = match predicate.values.first() {
             Some(Value::Time(time)) => time.resolve(self.now).as_millis(),
@@ -315,7 +421,9 @@ fn empty_text_could_match(predicate: &Predicate) -> bool {
     match predicate.op {
         Op::Ne | Op::NotGlob | Op::NotIn => true,
         Op::Eq | Op::In => predicate.values.iter().any(is_empty),
-        Op::Glob => matches!(predicate.values.first(), Some(Value::Text(pattern)) if glob_match(pattern, "")),
+        Op::Glob => {
+            matches!(predicate.values.first(), Some(Value::Text(pattern)) if glob_match(pattern, ""))
+        }
         _ => false,
     }
 }
@@ -358,7 +466,26 @@ mod tests {
     }
 
     fn compile(text: &str, dialect: Dialect) -> SqlFragment {
-        Query::parse(text).unwrap_or_else(|err| panic!("{text}: {err}")).to_sql(dialect, NOW, 1)
+        Query::parse(text)
+            .unwrap_or_else(|err| panic!("{text}: {err}"))
+            .to_sql(dialect, NOW, 1)
+    }
+
+    /// The `WHERE` form of a query, as it is compiled under `OR` or `NOT` (no joins).
+    fn compile_where(text: &str, dialect: Dialect) -> SqlFragment {
+        let query = Query::parse(text).unwrap_or_else(|err| panic!("{text}: {err}"));
+        let mut compiler = Compiler {
+            dialect,
+            now: NOW,
+            next_param: 1,
+            params: Vec::new(),
+        };
+        let sql = compiler.expr(query.expr()).text;
+        SqlFragment {
+            joins: String::new(),
+            sql,
+            params: compiler.params,
+        }
     }
 
     #[test]
@@ -368,14 +495,24 @@ mod tests {
         let group_subquery = "IN (SELECT g.device_seq FROM group_members g WHERE g.group_name";
         let cases: Vec<(&str, Dialect, String, Vec<SqlParam>)> = vec![
             ("", Sqlite, "1=1".into(), vec![]),
-            ("tags.env = prod", Sqlite, format!("{tag_subquery}?1 AND t.value = ?2)"), vec![text("env"), text("prod")]),
+            (
+                "tags.env = prod",
+                Sqlite,
+                format!("{tag_subquery}?1 AND t.value = ?2)"),
+                vec![text("env"), text("prod")],
+            ),
             (
                 "tags.env != prod",
                 Postgres,
                 format!("{tag_subquery}$1 AND t.value <> $2)"),
                 vec![text("env"), text("prod")],
             ),
-            ("tags.env EXISTS", Sqlite, format!("{tag_subquery}?1)"), vec![text("env")]),
+            (
+                "tags.env EXISTS",
+                Sqlite,
+                format!("{tag_subquery}?1)"),
+                vec![text("env")],
+            ),
             (
                 "tags.env IN (a, b)",
                 Postgres,
@@ -401,43 +538,123 @@ mod tests {
                 vec![text("env"), text(r"p%\_\%\\_")],
             ),
             ("site = x", Sqlite, "d.site = ?1".into(), vec![text("x")]),
-            ("site = ''", Sqlite, "(d.site <> '' AND d.site = ?1)".into(), vec![text("")]),
-            ("site != x", Sqlite, "(d.site <> '' AND d.site <> ?1)".into(), vec![text("x")]),
-            ("site ~ berlin-*", Postgres, r"d.site LIKE $1 ESCAPE '\'".into(), vec![text("berlin-%")]),
-            ("site ~ *", Sqlite, "(d.site <> '' AND d.site GLOB ?1)".into(), vec![text("*")]),
-            ("site !~ b*", Sqlite, "(d.site <> '' AND d.site NOT GLOB ?1)".into(), vec![text("b*")]),
-            ("region IN (eu, us)", Postgres, "d.region IN ($1, $2)".into(), vec![text("eu"), text("us")]),
+            (
+                "site = ''",
+                Sqlite,
+                "(d.site <> '' AND d.site = ?1)".into(),
+                vec![text("")],
+            ),
+            (
+                "site != x",
+                Sqlite,
+                "(d.site <> '' AND d.site <> ?1)".into(),
+                vec![text("x")],
+            ),
+            (
+                "site ~ berlin-*",
+                Postgres,
+                r"d.site LIKE $1 ESCAPE '\'".into(),
+                vec![text("berlin-%")],
+            ),
+            (
+                "site ~ *",
+                Sqlite,
+                "(d.site <> '' AND d.site GLOB ?1)".into(),
+                vec![text("*")],
+            ),
+            (
+                "site !~ b*",
+                Sqlite,
+                "(d.site <> '' AND d.site NOT GLOB ?1)".into(),
+                vec![text("b*")],
+            ),
+            (
+                "region IN (eu, us)",
+                Postgres,
+                "d.region IN ($1, $2)".into(),
+                vec![text("eu"), text("us")],
+            ),
             (
                 "region IN (eu, '')",
                 Postgres,
                 "(d.region <> '' AND d.region IN ($1, $2))".into(),
                 vec![text("eu"), text("")],
             ),
-            ("hw_rev NOT IN (rev1)", Sqlite, "(d.hw_rev <> '' AND d.hw_rev NOT IN (?1))".into(), vec![text("rev1")]),
+            (
+                "hw_rev NOT IN (rev1)",
+                Sqlite,
+                "(d.hw_rev <> '' AND d.hw_rev NOT IN (?1))".into(),
+                vec![text("rev1")],
+            ),
             ("serial EXISTS", Sqlite, "d.hw_id <> ''".into(), vec![]),
             ("id != x", Postgres, "d.id <> $1".into(), vec![text("x")]),
             ("type EXISTS", Postgres, "1=1".into(), vec![]),
-            ("status IN (active, error)", Postgres, "d.status IN ($1, $2)".into(), vec![text("active"), text("error")]),
-            ("status != active", Sqlite, "d.status <> ?1".into(), vec![text("active")]),
-            ("firmware = 2.3", Sqlite, "d.fw_key = ?1".into(), vec![key("2.3.0")]),
-            ("firmware != 2.3.0", Sqlite, "(d.fw_key > ?1 AND d.fw_key <> ?2)".into(), vec![empty_key(), key("2.3.0")]),
-            ("firmware < 2.3.0", Sqlite, "(d.fw_key > ?1 AND d.fw_key < ?2)".into(), vec![empty_key(), key("2.3.0")]),
+            (
+                "status IN (active, error)",
+                Postgres,
+                "d.status IN ($1, $2)".into(),
+                vec![text("active"), text("error")],
+            ),
+            (
+                "status != active",
+                Sqlite,
+                "d.status <> ?1".into(),
+                vec![text("active")],
+            ),
+            (
+                "firmware = 2.3",
+                Sqlite,
+                "d.fw_key = ?1".into(),
+                vec![key("2.3.0")],
+            ),
+            (
+                "firmware != 2.3.0",
+                Sqlite,
+                "(d.fw_key > ?1 AND d.fw_key <> ?2)".into(),
+                vec![empty_key(), key("2.3.0")],
+            ),
+            (
+                "firmware < 2.3.0",
+                Sqlite,
+                "(d.fw_key > ?1 AND d.fw_key < ?2)".into(),
+                vec![empty_key(), key("2.3.0")],
+            ),
             (
                 "firmware <= 2.3.0",
                 Postgres,
                 "(d.fw_key > $1 AND d.fw_key <= $2)".into(),
                 vec![empty_key(), key("2.3.0")],
             ),
-            ("firmware > 2.3.0", Postgres, "d.fw_key > $1".into(), vec![key("2.3.0")]),
-            ("firmware >= 2.3.0-rc.1", Sqlite, "d.fw_key >= ?1".into(), vec![key("2.3.0-rc.1")]),
-            ("firmware IN (1.0.0, 2.0.0)", Sqlite, "d.fw_key IN (?1, ?2)".into(), vec![key("1.0.0"), key("2.0.0")]),
+            (
+                "firmware > 2.3.0",
+                Postgres,
+                "d.fw_key > $1".into(),
+                vec![key("2.3.0")],
+            ),
+            (
+                "firmware >= 2.3.0-rc.1",
+                Sqlite,
+                "d.fw_key >= ?1".into(),
+                vec![key("2.3.0-rc.1")],
+            ),
+            (
+                "firmware IN (1.0.0, 2.0.0)",
+                Sqlite,
+                "d.fw_key IN (?1, ?2)".into(),
+                vec![key("1.0.0"), key("2.0.0")],
+            ),
             (
                 "firmware NOT IN (1.0.0, 2.0.0)",
                 Postgres,
                 "(d.fw_key > $1 AND d.fw_key NOT IN ($2, $3))".into(),
                 vec![empty_key(), key("1.0.0"), key("2.0.0")],
             ),
-            ("firmware ~ '2.*'", Sqlite, "d.firmware GLOB ?1".into(), vec![text("2.*")]),
+            (
+                "firmware ~ '2.*'",
+                Sqlite,
+                "d.firmware GLOB ?1".into(),
+                vec![text("2.*")],
+            ),
             (
                 "firmware !~ '2.*'",
                 Postgres,
@@ -457,32 +674,72 @@ mod tests {
                 "(d.last_seen > 0 AND d.last_seen <= $1)".into(),
                 vec![SqlParam::Int(NOW.as_millis())],
             ),
-            ("last_seen > now-10m", Sqlite, "d.last_seen > ?1".into(), vec![SqlParam::Int(NOW.as_millis() - 600_000)]),
+            (
+                "last_seen > now-10m",
+                Sqlite,
+                "d.last_seen > ?1".into(),
+                vec![SqlParam::Int(NOW.as_millis() - 600_000)],
+            ),
             (
                 "last_seen >= 1970-01-01T00:00:00Z",
                 Sqlite,
                 "(d.last_seen > 0 AND d.last_seen >= ?1)".into(),
                 vec![SqlParam::Int(0)],
             ),
-            ("last_seen EXISTS", Postgres, "d.last_seen > 0".into(), vec![]),
+            (
+                "last_seen EXISTS",
+                Postgres,
+                "d.last_seen > 0".into(),
+                vec![],
+            ),
             (
                 "created > 2026-11-23T10:00:00Z",
                 Postgres,
                 "d.created_at > $1".into(),
                 vec![SqlParam::Int(1_795_428_000_000)],
             ),
-            ("updated < now+1h", Sqlite, "d.updated_at < ?1".into(), vec![SqlParam::Int(NOW.as_millis() + 3_600_000)]),
-            ("group = canary", Sqlite, format!("d.seq {group_subquery} = ?1)"), vec![text("canary")]),
-            ("group != canary", Postgres, format!("d.seq NOT {group_subquery} = $1)"), vec![text("canary")]),
-            ("group IN (a, b)", Sqlite, format!("d.seq {group_subquery} IN (?1, ?2))"), vec![text("a"), text("b")]),
+            (
+                "updated < now+1h",
+                Sqlite,
+                "d.updated_at < ?1".into(),
+                vec![SqlParam::Int(NOW.as_millis() + 3_600_000)],
+            ),
+            (
+                "group = canary",
+                Sqlite,
+                format!("d.seq {group_subquery} = ?1)"),
+                vec![text("canary")],
+            ),
+            (
+                "group != canary",
+                Postgres,
+                format!("d.seq NOT {group_subquery} = $1)"),
+                vec![text("canary")],
+            ),
+            (
+                "group IN (a, b)",
+                Sqlite,
+                format!("d.seq {group_subquery} IN (?1, ?2))"),
+                vec![text("a"), text("b")],
+            ),
             (
                 "group NOT IN (a, b)",
                 Postgres,
                 format!("d.seq NOT {group_subquery} IN ($1, $2))"),
                 vec![text("a"), text("b")],
             ),
-            ("NOT site = x", Sqlite, "(NOT (d.site = ?1))".into(), vec![text("x")]),
-            ("NOT site != x", Sqlite, "(NOT (d.site <> '' AND d.site <> ?1))".into(), vec![text("x")]),
+            (
+                "NOT site = x",
+                Sqlite,
+                "(NOT (d.site = ?1))".into(),
+                vec![text("x")],
+            ),
+            (
+                "NOT site != x",
+                Sqlite,
+                "(NOT (d.site <> '' AND d.site <> ?1))".into(),
+                vec![text("x")],
+            ),
             (
                 "site = a OR region = b AND NOT id = c",
                 Postgres,
@@ -491,7 +748,7 @@ mod tests {
             ),
         ];
         for (query, dialect, sql, params) in cases {
-            let fragment = compile(query, dialect);
+            let fragment = compile_where(query, dialect);
             assert_eq!(fragment.sql, sql, "{query} ({dialect:?})");
             assert_eq!(fragment.params, params, "{query} ({dialect:?})");
         }
@@ -511,20 +768,62 @@ mod tests {
         ];
         let sqlite = compile(query, Dialect::Sqlite);
         assert_eq!(
+            sqlite.joins,
+            " JOIN device_tags t1 ON t1.device_seq = d.seq AND t1.key = ?1 AND t1.value = ?2"
+        );
+        assert_eq!(
             sqlite.sql,
-            "(d.seq IN (SELECT t.device_seq FROM device_tags t WHERE t.key = ?1 AND t.value = ?2) \
-             AND (d.fw_key > ?3 AND d.fw_key < ?4) AND d.hw_rev IN (?5, ?6) \
+            "((d.fw_key > ?3 AND d.fw_key < ?4) AND d.hw_rev IN (?5, ?6) \
              AND (d.last_seen > 0 AND d.last_seen < ?7) AND (NOT (d.site GLOB ?8)))"
         );
-        assert_eq!(sqlite.params, [params.clone(), vec![text("berlin-*")]].concat());
+        assert_eq!(
+            sqlite.params,
+            [params.clone(), vec![text("berlin-*")]].concat()
+        );
         let postgres = compile(query, Dialect::Postgres);
         assert_eq!(
+            postgres.joins,
+            " JOIN device_tags t1 ON t1.device_seq = d.seq AND t1.key = $1 AND t1.value = $2"
+        );
+        assert_eq!(
             postgres.sql,
-            "(d.seq IN (SELECT t.device_seq FROM device_tags t WHERE t.key = $1 AND t.value = $2) \
-             AND (d.fw_key > $3 AND d.fw_key < $4) AND d.hw_rev IN ($5, $6) \
+            "((d.fw_key > $3 AND d.fw_key < $4) AND d.hw_rev IN ($5, $6) \
              AND (d.last_seen > 0 AND d.last_seen < $7) AND (NOT (d.site LIKE $8 ESCAPE '\\')))"
         );
         assert_eq!(postgres.params, [params, vec![text("berlin-%")]].concat());
+    }
+
+    #[test]
+    fn top_level_tag_tests_and_group_equality_become_joins() {
+        let fragment = compile(
+            "tags.env = prod AND group = lab AND tags.ring EXISTS AND group IN (a, b)",
+            Dialect::Postgres,
+        );
+        assert_eq!(
+            fragment.joins,
+            " JOIN device_tags t1 ON t1.device_seq = d.seq AND t1.key = $1 AND t1.value = $2\
+             \x20JOIN group_members g2 ON g2.device_seq = d.seq AND g2.group_name = $3\
+             \x20JOIN device_tags t3 ON t3.device_seq = d.seq AND t3.key = $4"
+        );
+        assert_eq!(
+            fragment.sql,
+            "d.seq IN (SELECT g.device_seq FROM group_members g WHERE g.group_name IN ($5, $6))"
+        );
+        let single = compile("tags.env != prod", Dialect::Sqlite);
+        assert_eq!(
+            single.joins,
+            " JOIN device_tags t1 ON t1.device_seq = d.seq AND t1.key = ?1 AND t1.value <> ?2"
+        );
+        assert_eq!(single.sql, "1=1");
+        let nested = compile("tags.env = prod OR site = x", Dialect::Sqlite);
+        assert_eq!(nested.joins, "");
+        assert!(
+            nested
+                .sql
+                .starts_with("(d.seq IN (SELECT t.device_seq FROM device_tags t"),
+            "{}",
+            nested.sql
+        );
     }
 
     #[test]
@@ -532,15 +831,24 @@ mod tests {
         let query = Query::parse("status = active AND site = x").unwrap();
         let fragment = query.to_sql(Dialect::Postgres, NOW, 5);
         assert_eq!(fragment.sql, "(d.status = $5 AND d.site = $6)");
-        assert_eq!(query.to_sql(Dialect::Sqlite, NOW, 3).sql, "(d.status = ?3 AND d.site = ?4)");
+        assert_eq!(
+            query.to_sql(Dialect::Sqlite, NOW, 3).sql,
+            "(d.status = ?3 AND d.site = ?4)"
+        );
     }
 
     #[test]
     fn user_text_never_appears_in_the_sql() {
-        let query = Query::parse(r#"site = "x' OR 1=1 --" OR tags.env ~ "'; DROP TABLE devices; --""#).unwrap();
+        let query =
+            Query::parse(r#"site = "x' OR 1=1 --" OR tags.env ~ "'; DROP TABLE devices; --""#)
+                .unwrap();
         for dialect in [Dialect::Sqlite, Dialect::Postgres] {
             let fragment = query.to_sql(dialect, NOW, 1);
-            assert!(!fragment.sql.contains("DROP") && !fragment.sql.contains("1=1 --"), "{}", fragment.sql);
+            assert!(
+                !fragment.sql.contains("DROP") && !fragment.sql.contains("1=1 --"),
+                "{}",
+                fragment.sql
+            );
         }
     }
 }

@@ -36,7 +36,10 @@ pub struct AuditParams {
 }
 
 fn time(name: &str, text: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
-    text.map(|t| Timestamp::parse_rfc3339(t).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))).transpose()
+    text.map(|t| {
+        Timestamp::parse_rfc3339(t).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+    })
+    .transpose()
 }
 
 /// Reads the audit log, newest first.
@@ -50,12 +53,17 @@ pub async fn list(
     auth.require(Role::Viewer)?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and 1000, not {limit}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 1000, not {limit}"
+        )));
     }
     let before_seq = params
         .cursor
         .as_deref()
-        .map(|c| c.parse::<i64>().map_err(|_| ApiError::bad_request("invalid cursor: pass next_cursor unchanged")))
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid cursor: pass next_cursor unchanged"))
+        })
         .transpose()?;
     let filter = AuditFilter {
         actor: params.actor,

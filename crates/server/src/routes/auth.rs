@@ -3,31 +3,32 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use drover_proto::auth::{ClaimView, CreatedClaim, CreatedToken, NewClaim, NewToken, Role, TokenView};
+use drover_proto::auth::{
+    ClaimView, CreatedClaim, CreatedToken, NewClaim, NewToken, Role, TokenView, WhoAmI,
+};
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Operator};
 use crate::{now, AppState};
 
-/// The caller's own token.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct WhoAmI {
-    pub token_id: String,
-    pub name: String,
-    pub role: Role,
-}
-
 /// Shows which token the request was made with.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "auth", responses((status = 200, body = WhoAmI), (status = 401, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn whoami(auth: Operator) -> Json<WhoAmI> {
-    Json(WhoAmI { token_id: auth.0.id.clone(), name: auth.0.name.clone(), role: auth.0.role })
+    Json(WhoAmI {
+        token_id: auth.0.id.clone(),
+        name: auth.0.name.clone(),
+        role: auth.0.role,
+    })
 }
 
 /// Lists operator tokens (never their secrets).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "auth", responses((status = 200, body = Vec<TokenView>), (status = 403, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list_tokens(State(state): State<AppState>, auth: Operator) -> Result<Json<Vec<TokenView>>, ApiError> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    auth: Operator,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
     auth.require(Role::Admin)?;
     Ok(Json(state.store.list_tokens().await?))
 }
@@ -50,14 +51,21 @@ pub async fn create_token(
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 200, body = TokenView), (status = 404, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn revoke_token(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<TokenView>, ApiError> {
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, ApiError> {
     let actor = auth.require(Role::Admin)?.actor();
     Ok(Json(state.store.revoke_token(&actor, &id, now()).await?))
 }
 
 /// Lists claim tokens (never their secrets).
 #[utoipa::path(get, path = "/api/v1/claims", tag = "auth", responses((status = 200, body = Vec<ClaimView>)), security(("bearer" = [])))]
-pub async fn list_claims(State(state): State<AppState>, auth: Operator) -> Result<Json<Vec<ClaimView>>, ApiError> {
+pub async fn list_claims(
+    State(state): State<AppState>,
+    auth: Operator,
+) -> Result<Json<Vec<ClaimView>>, ApiError> {
     auth.require(Role::Viewer)?;
     Ok(Json(state.store.list_claims().await?))
 }
@@ -78,7 +86,11 @@ pub async fn create_claim(
 /// Shows a claim token.
 #[utoipa::path(get, path = "/api/v1/claims/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 200, body = ClaimView), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn get_claim(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<ClaimView>, ApiError> {
+pub async fn get_claim(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<ClaimView>, ApiError> {
     auth.require(Role::Viewer)?;
     Ok(Json(state.store.get_claim(&id).await?))
 }
@@ -87,7 +99,11 @@ pub async fn get_claim(State(state): State<AppState>, auth: Operator, Path(id): 
 #[utoipa::path(delete, path = "/api/v1/claims/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 200, body = ClaimView), (status = 404, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn revoke_claim(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<ClaimView>, ApiError> {
+pub async fn revoke_claim(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<ClaimView>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     Ok(Json(state.store.revoke_claim(&actor, &id, now()).await?))
 }

@@ -24,7 +24,9 @@ pub async fn provision(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ProvisionRequest>,
 ) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
-    let options = ProvisionOptions { allow_pending: state.config.allow_pending };
+    let options = ProvisionOptions {
+        allow_pending: state.config.allow_pending,
+    };
     let outcome = state.store.provision(request, options, now()).await?;
     let pending = outcome.credential.is_none();
     let body = ProvisionResponse {
@@ -33,12 +35,24 @@ pub async fn provision(
         credential: outcome.credential,
         retry_after_secs: pending.then_some(PENDING_RETRY_SECS),
     };
-    Ok((if pending { StatusCode::ACCEPTED } else { StatusCode::OK }, Json(body)))
+    Ok((
+        if pending {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        },
+        Json(body),
+    ))
 }
 
 /// The calling device's own identity.
 #[utoipa::path(get, path = "/api/device/v1/whoami", tag = "device",
     responses((status = 200, body = WhoAmI), (status = 401, body = drover_proto::error::ErrorBody)), security(("device" = [])))]
 pub async fn whoami(DeviceAuth(device): DeviceAuth) -> Json<WhoAmI> {
-    Json(WhoAmI { device_id: device.id, device_type: device.device_type, status: device.status, firmware: device.firmware })
+    Json(WhoAmI {
+        device_id: device.id,
+        device_type: device.device_type,
+        status: device.status,
+        firmware: device.firmware,
+    })
 }

@@ -7,8 +7,8 @@ use drover_core::query::Query;
 use drover_core::DeviceId;
 use drover_proto::auth::Role;
 use drover_proto::devices::{
-    BulkUpdate, BulkUpdateResult, CreatedDevice, DevicePatch, DeviceSort, DeviceView, ImportResult, NewDevice, OnConflict,
-    SortOrder,
+    BulkUpdate, BulkUpdateResult, CreatedDevice, DeviceCredential, DeviceGroups, DevicePatch,
+    DeviceSort, DeviceView, ImportResult, NewDevice, OnConflict, SortOrder,
 };
 use drover_proto::{Count, Page};
 use serde::Deserialize;
@@ -46,15 +46,27 @@ pub struct ListParams {
 
 impl ListParams {
     pub(crate) fn sort(&self) -> Result<(DeviceSort, SortOrder, usize), ApiError> {
-        let sort = self.sort.as_deref().map(DeviceSort::parse).transpose().map_err(ApiError::bad_request)?.unwrap_or_default();
+        let sort = self
+            .sort
+            .as_deref()
+            .map(DeviceSort::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?
+            .unwrap_or_default();
         let order = match self.order.as_deref() {
             None | Some("asc") => SortOrder::Asc,
             Some("desc") => SortOrder::Desc,
-            Some(other) => return Err(ApiError::bad_request(format!("unknown order {other:?} (expected asc or desc)"))),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown order {other:?} (expected asc or desc)"
+                )))
+            }
         };
         let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
-            return Err(ApiError::bad_request(format!("limit must be between 1 and 1000, not {limit}")));
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and 1000, not {limit}"
+            )));
         }
         Ok((sort, order, limit))
     }
@@ -72,8 +84,14 @@ pub async fn list(
     auth.require(Role::Viewer)?;
     let query = parse_query(params.q.as_deref())?;
     let (sort, order, limit) = params.sort()?;
-    let page = state.store.list_devices(&query, sort, order, params.cursor.as_deref(), limit, now()).await?;
-    Ok(Json(Page { items: page.items.into_iter().map(DeviceView::from).collect(), next_cursor: page.next_cursor }))
+    let page = state
+        .store
+        .list_devices(&query, sort, order, params.cursor.as_deref(), limit, now())
+        .await?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(DeviceView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Query-only parameters.
@@ -95,7 +113,9 @@ pub async fn count(
 ) -> Result<Json<Count>, ApiError> {
     auth.require(Role::Viewer)?;
     let query = parse_query(params.q.as_deref())?;
-    Ok(Json(Count { count: state.store.count_devices(&query, now()).await? }))
+    Ok(Json(Count {
+        count: state.store.count_devices(&query, now()).await?,
+    }))
 }
 
 /// Registers a device (pre-authorised by default).
@@ -110,14 +130,24 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedDevice>), ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let (device, credential) = state.store.create_device(&actor, new, now()).await?;
-    Ok((StatusCode::CREATED, Json(CreatedDevice { device: device.into(), credential })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedDevice {
+            device: device.into(),
+            credential,
+        }),
+    ))
 }
 
 /// Shows one device.
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 404, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     auth.require(Role::Viewer)?;
     let id = device_id(&id)?;
     Ok(Json(state.store.get_device(&id).await?.into()))
@@ -136,13 +166,23 @@ pub async fn update(
 ) -> Result<Json<DeviceView>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(state.store.update_device(&actor, &id, patch, now()).await?.into()))
+    Ok(Json(
+        state
+            .store
+            .update_device(&actor, &id, patch, now())
+            .await?
+            .into(),
+    ))
 }
 
 /// Deletes a device and its tags, memberships and credentials (its audit history stays).
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn delete(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let actor = auth.require(Role::Admin)?.actor();
     let id = device_id(&id)?;
     state.store.delete_device(&actor, &id, now()).await?;
@@ -153,74 +193,101 @@ pub async fn delete(State(state): State<AppState>, auth: Operator, Path(id): Pat
 #[utoipa::path(post, path = "/api/v1/devices/{id}/decommission", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 404, body = drover_proto::error::ErrorBody),
               (status = 409, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn decommission(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn decommission(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(state.store.decommission_device(&actor, &id, now()).await?.into()))
+    Ok(Json(
+        state
+            .store
+            .decommission_device(&actor, &id, now())
+            .await?
+            .into(),
+    ))
 }
 
 /// Accepts a pending device; it then fetches its credential with its nonce.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/accept", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn accept(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn accept(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(state.store.accept_device(&actor, &id, now()).await?.into()))
+    Ok(Json(
+        state.store.accept_device(&actor, &id, now()).await?.into(),
+    ))
 }
 
 /// Rejects a pending device.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/reject", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn reject(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn reject(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(state.store.reject_device(&actor, &id, now()).await?.into()))
-}
-
-/// A new device credential, shown once.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Credential {
-    pub device_id: String,
-    pub credential: String,
+    Ok(Json(
+        state.store.reject_device(&actor, &id, now()).await?.into(),
+    ))
 }
 
 /// Issues a new credential for a device, revoking the old one.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/credentials", tag = "devices", params(("id" = String, Path)),
-    responses((status = 201, body = Credential), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 201, body = DeviceCredential), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_credential(
     State(state): State<AppState>,
     auth: Operator,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Credential>), ApiError> {
+) -> Result<(StatusCode, Json<DeviceCredential>), ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
     let credential = state.store.rotate_credential(&actor, &id, now()).await?;
-    Ok((StatusCode::CREATED, Json(Credential { device_id: id.into_string(), credential })))
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceCredential {
+            device_id: id.into_string(),
+            credential,
+        }),
+    ))
 }
 
 /// Revokes all of a device's credentials.
 #[utoipa::path(delete, path = "/api/v1/devices/{id}/credentials", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = Count), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn revoke_credentials(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<Count>, ApiError> {
+pub async fn revoke_credentials(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Count>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(Count { count: state.store.revoke_credentials(&actor, &id, now()).await? }))
-}
-
-/// The groups a device belongs to.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct DeviceGroups {
-    pub groups: Vec<String>,
+    Ok(Json(Count {
+        count: state.store.revoke_credentials(&actor, &id, now()).await?,
+    }))
 }
 
 /// Lists the static and dynamic groups a device belongs to right now.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/groups", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceGroups), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn groups(State(state): State<AppState>, auth: Operator, Path(id): Path<String>) -> Result<Json<DeviceGroups>, ApiError> {
+pub async fn groups(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceGroups>, ApiError> {
     auth.require(Role::Viewer)?;
     let id = device_id(&id)?;
     let groups = state.store.device_groups(&id, now()).await?;
-    Ok(Json(DeviceGroups { groups: groups.into_iter().map(|g| g.into_string()).collect() }))
+    Ok(Json(DeviceGroups {
+        groups: groups.into_iter().map(|g| g.into_string()).collect(),
+    }))
 }
 
 /// Applies one change to every device matching a fleet query.
@@ -234,7 +301,10 @@ pub async fn bulk_update(
 ) -> Result<Json<BulkUpdateResult>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let query = parse_query(Some(&body.query))?;
-    let (matched, updated) = state.store.bulk_update_devices(&actor, &query, body.set, now()).await?;
+    let (matched, updated) = state
+        .store
+        .bulk_update_devices(&actor, &query, body.set, now())
+        .await?;
     Ok(Json(BulkUpdateResult { matched, updated }))
 }
 

@@ -20,7 +20,10 @@ fn group_name(text: &str) -> Result<GroupName, ApiError> {
 
 /// Lists all groups.
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = Vec<GroupView>)), security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, auth: Operator) -> Result<Json<Vec<GroupView>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Operator,
+) -> Result<Json<Vec<GroupView>>, ApiError> {
     auth.require(Role::Viewer)?;
     Ok(Json(state.store.list_groups().await?))
 }
@@ -40,16 +43,27 @@ pub async fn create(
         parse_query(Some(query))?;
     }
     let mut group = state.store.create_group(&actor, new, now()).await?;
-    group.member_count = Some(state.store.count_devices(&state.store.group_query(&group.name).await?, now()).await?);
+    group.member_count = Some(
+        state
+            .store
+            .count_devices(&state.store.group_query(&group.name).await?, now())
+            .await?,
+    );
     Ok((StatusCode::CREATED, Json(group)))
 }
 
 /// Shows a group with its current member count.
 #[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 200, body = GroupView), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
-pub async fn get(State(state): State<AppState>, auth: Operator, Path(name): Path<String>) -> Result<Json<GroupView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<GroupView>, ApiError> {
     auth.require(Role::Viewer)?;
-    Ok(Json(state.store.get_group(&group_name(&name)?, now()).await?))
+    Ok(Json(
+        state.store.get_group(&group_name(&name)?, now()).await?,
+    ))
 }
 
 /// Changes a group's query (dynamic), parent (static) or description.
@@ -66,16 +80,28 @@ pub async fn update(
     if let Some(query) = &patch.query {
         parse_query(Some(query))?;
     }
-    Ok(Json(state.store.update_group(&actor, &group_name(&name)?, patch, now()).await?))
+    Ok(Json(
+        state
+            .store
+            .update_group(&actor, &group_name(&name)?, patch, now())
+            .await?,
+    ))
 }
 
 /// Deletes a group (its devices stay).
 #[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn delete(State(state): State<AppState>, auth: Operator, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
-    state.store.delete_group(&actor, &group_name(&name)?, now()).await?;
+    state
+        .store
+        .delete_group(&actor, &group_name(&name)?, now())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -91,10 +117,20 @@ pub async fn devices(
     auth.require(Role::Viewer)?;
     let members = state.store.group_query(&group_name(&name)?).await?;
     let narrowed = parse_query(params.q.as_deref())?;
-    let query = if narrowed.is_all() { members } else { members.and(narrowed) };
+    let query = if narrowed.is_all() {
+        members
+    } else {
+        members.and(narrowed)
+    };
     let (sort, order, limit) = params.sort()?;
-    let page = state.store.list_devices(&query, sort, order, params.cursor.as_deref(), limit, now()).await?;
-    Ok(Json(Page { items: page.items.into_iter().map(DeviceView::from).collect(), next_cursor: page.next_cursor }))
+    let page = state
+        .store
+        .list_devices(&query, sort, order, params.cursor.as_deref(), limit, now())
+        .await?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(DeviceView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Adds devices to a static group.
@@ -108,7 +144,10 @@ pub async fn add_members(
     ApiJson(change): ApiJson<MembersChange>,
 ) -> Result<Json<MembersChanged>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
-    let changed = state.store.add_group_members(&actor, &group_name(&name)?, change.device_ids, now()).await?;
+    let changed = state
+        .store
+        .add_group_members(&actor, &group_name(&name)?, change.device_ids, now())
+        .await?;
     Ok(Json(MembersChanged { changed }))
 }
 
@@ -123,6 +162,9 @@ pub async fn remove_members(
     ApiJson(change): ApiJson<MembersChange>,
 ) -> Result<Json<MembersChanged>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
-    let changed = state.store.remove_group_members(&actor, &group_name(&name)?, change.device_ids, now()).await?;
+    let changed = state
+        .store
+        .remove_group_members(&actor, &group_name(&name)?, change.device_ids, now())
+        .await?;
     Ok(Json(MembersChanged { changed }))
 }

@@ -12,6 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::trace::TraceLayer;
 
+use drover_proto::QueryCheck;
+
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -28,18 +30,37 @@ pub fn router(state: AppState) -> Router {
             // The import streams its body and enforces its own, larger limit.
             post(devices::import).layer(DefaultBodyLimit::max(max_import)),
         )
-        .route("/devices/{id}", get(devices::get).patch(devices::update).delete(devices::delete))
+        .route(
+            "/devices/{id}",
+            get(devices::get)
+                .patch(devices::update)
+                .delete(devices::delete),
+        )
         .route("/devices/{id}/decommission", post(devices::decommission))
         .route("/devices/{id}/accept", post(devices::accept))
         .route("/devices/{id}/reject", post(devices::reject))
-        .route("/devices/{id}/credentials", post(devices::rotate_credential).delete(devices::revoke_credentials))
+        .route(
+            "/devices/{id}/credentials",
+            post(devices::rotate_credential).delete(devices::revoke_credentials),
+        )
         .route("/devices/{id}/groups", get(devices::groups))
         .route("/groups", get(groups::list).post(groups::create))
-        .route("/groups/{name}", get(groups::get).patch(groups::update).delete(groups::delete))
+        .route(
+            "/groups/{name}",
+            get(groups::get)
+                .patch(groups::update)
+                .delete(groups::delete),
+        )
         .route("/groups/{name}/devices", get(groups::devices))
-        .route("/groups/{name}/members", post(groups::add_members).delete(groups::remove_members))
+        .route(
+            "/groups/{name}/members",
+            post(groups::add_members).delete(groups::remove_members),
+        )
         .route("/claims", get(auth::list_claims).post(auth::create_claim))
-        .route("/claims/{id}", get(auth::get_claim).delete(auth::revoke_claim))
+        .route(
+            "/claims/{id}",
+            get(auth::get_claim).delete(auth::revoke_claim),
+        )
         .route("/tokens", get(auth::list_tokens).post(auth::create_token))
         .route("/tokens/{id}", axum::routing::delete(auth::revoke_token))
         .route("/whoami", get(auth::whoami))
@@ -57,21 +78,20 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(state)
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(crate::openapi::document())
-}
-
-/// A fleet query's canonical form, or where it is wrong.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct QueryCheck {
-    pub canonical: String,
 }
 
 /// Checks a fleet query without running it.
@@ -82,7 +102,9 @@ pub async fn check_query(
     crate::extract::ApiQuery(params): crate::extract::ApiQuery<devices::QueryParams>,
 ) -> Result<Json<QueryCheck>, ApiError> {
     let query = devices::parse_query(params.q.as_deref())?;
-    Ok(Json(QueryCheck { canonical: query.to_string() }))
+    Ok(Json(QueryCheck {
+        canonical: query.to_string(),
+    }))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

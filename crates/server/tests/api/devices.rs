@@ -6,7 +6,12 @@ use serde_json::json;
 use crate::api_tests;
 use crate::helpers::*;
 
-async fn import(app: &TestApp, content_type: &str, query: &str, body: &str) -> (StatusCode, serde_json::Value) {
+async fn import(
+    app: &TestApp,
+    content_type: &str,
+    query: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
     let response = app
         .http
         .post(app.url(&format!("/api/v1/devices/import{query}")))

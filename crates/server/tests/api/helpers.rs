@@ -54,7 +54,9 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     if let Some(n) = options.max_import_bytes {
         config.max_import_bytes = n;
     }
-    let server = drover_server::start(config, std::future::pending()).await.expect("server starts");
+    let server = drover_server::start(config, std::future::pending())
+        .await
+        .expect("server starts");
     Some(TestApp {
         base: format!("http://{}", server.addr),
         http: reqwest::Client::new(),
@@ -70,7 +72,13 @@ impl TestApp {
     }
 
     /// Sends a request with `token` (if any) and a JSON body (if any); returns status and JSON body.
-    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -81,7 +89,11 @@ impl TestApp {
         let response = request.send().await.expect("request sent");
         let status = response.status();
         let text = response.text().await.expect("body read");
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, json)
     }
 
@@ -90,20 +102,30 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(Method::POST, path, Some(ADMIN_TOKEN), Some(body)).await
+        self.send(Method::POST, path, Some(ADMIN_TOKEN), Some(body))
+            .await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(Method::PATCH, path, Some(ADMIN_TOKEN), Some(body)).await
+        self.send(Method::PATCH, path, Some(ADMIN_TOKEN), Some(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.send(Method::DELETE, path, Some(ADMIN_TOKEN), None).await
+        self.send(Method::DELETE, path, Some(ADMIN_TOKEN), None)
+            .await
     }
 
     /// GET with a query string built from pairs (values URL-encoded).
     pub async fn get_with(&self, path: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
-        let response = self.http.get(self.url(path)).bearer_auth(ADMIN_TOKEN).query(query).send().await.expect("sent");
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .query(query)
+            .send()
+            .await
+            .expect("sent");
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -123,7 +145,12 @@ impl TestApp {
 
     /// Creates a token with `role` and returns its secret.
     pub async fn token(&self, role: &str) -> String {
-        let (status, body) = self.post("/api/v1/tokens", serde_json::json!({ "name": format!("{role}-test"), "role": role })).await;
+        let (status, body) = self
+            .post(
+                "/api/v1/tokens",
+                serde_json::json!({ "name": format!("{role}-test"), "role": role }),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["secret"].as_str().unwrap().to_owned()
     }

@@ -7,7 +7,8 @@ use crate::api_tests;
 use crate::helpers::*;
 
 async fn provision(app: &TestApp, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
-    app.send(Method::POST, "/api/device/v1/provision", None, Some(body)).await
+    app.send(Method::POST, "/api/device/v1/provision", None, Some(body))
+        .await
 }
 
 api_tests! {
@@ -84,36 +85,71 @@ mod pending {
 
     async fn scenario(app: &TestApp) {
         let nonce = "n0nce-from-the-device-123";
-        let (status, body) = provision(app, json!({ "hardware_id": "U-1", "device_type": "cam", "nonce": nonce })).await;
+        let (status, body) = provision(
+            app,
+            json!({ "hardware_id": "U-1", "device_type": "cam", "nonce": nonce }),
+        )
+        .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["status"], "pending");
         assert!(body.get("credential").is_none());
         let id = body["device_id"].as_str().unwrap().to_owned();
         let (status, _) = provision(app, json!({ "hardware_id": "U-1", "device_type": "cam", "nonce": "someone-else-nonce-456" })).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        let (status, _) = provision(app, json!({ "hardware_id": "U-2", "device_type": "cam" })).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a nonce is required");
-        let (status, _) = app.post(&format!("/api/v1/devices/{id}/accept"), json!({})).await;
+        let (status, _) =
+            provision(app, json!({ "hardware_id": "U-2", "device_type": "cam" })).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a nonce is required"
+        );
+        let (status, _) = app
+            .post(&format!("/api/v1/devices/{id}/accept"), json!({}))
+            .await;
         assert_eq!(status, StatusCode::OK);
         let (status, body) = provision(app, json!({ "hardware_id": "U-1", "nonce": nonce })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body["credential"].as_str().unwrap().starts_with("drv_dev_"));
         assert_eq!(body["status"], "active");
         let (_, audit) = app.get_with("/api/v1/audit", &[("target_id", &id)]).await;
-        let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-        assert_eq!(actions, ["device.provision", "device.accept", "device.enroll"]);
+        let actions: Vec<&str> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            ["device.provision", "device.accept", "device.enroll"]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_devices_wait_for_approval_on_sqlite() {
-        let app = spawn_app_with(Backend::Sqlite, AppOptions { allow_pending: true, ..Default::default() }).await.unwrap();
+        let app = spawn_app_with(
+            Backend::Sqlite,
+            AppOptions {
+                allow_pending: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         scenario(&app).await;
         app.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_devices_wait_for_approval_on_postgres() {
-        let Some(app) = spawn_app_with(Backend::Postgres, AppOptions { allow_pending: true, ..Default::default() }).await else {
+        let Some(app) = spawn_app_with(
+            Backend::Postgres,
+            AppOptions {
+                allow_pending: true,
+                ..Default::default()
+            },
+        )
+        .await
+        else {
             return;
         };
         scenario(&app).await;

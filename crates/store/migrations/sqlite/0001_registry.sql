@@ -4,7 +4,7 @@
 
 CREATE TABLE devices (
     seq                 INTEGER PRIMARY KEY,
-    id                  TEXT    NOT NULL UNIQUE,
+    id                  TEXT    NOT NULL,
     device_type         TEXT    NOT NULL,
     hw_id               TEXT    NOT NULL DEFAULT '',
     hw_rev              TEXT    NOT NULL DEFAULT '',
@@ -19,6 +19,7 @@ CREATE TABLE devices (
     preauth_secret_hash TEXT,
     pending_nonce_hash  TEXT
 );
+CREATE UNIQUE INDEX devices_id ON devices (id);
 CREATE UNIQUE INDEX devices_live_hw_id ON devices (hw_id)
     WHERE hw_id <> '' AND status NOT IN ('decommissioned', 'rejected');
 CREATE INDEX devices_status      ON devices (status);

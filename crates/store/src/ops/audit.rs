@@ -70,14 +70,25 @@ pub async fn list<D: Db>(db: &mut D, filter: &AuditFilter) -> Result<Page<AuditE
         push(&mut sql, " AND actor = $?", Value::from(actor.as_str()));
     }
     if let Some(action) = &filter.action {
-        if let Some(prefix) = action.strip_suffix('*').or_else(|| action.ends_with('.').then_some(action.as_str())) {
-            push(&mut sql, &format!(" AND substr(action, 1, {}) = $?", prefix.chars().count()), Value::from(prefix));
+        if let Some(prefix) = action
+            .strip_suffix('*')
+            .or_else(|| action.ends_with('.').then_some(action.as_str()))
+        {
+            push(
+                &mut sql,
+                &format!(" AND substr(action, 1, {}) = $?", prefix.chars().count()),
+                Value::from(prefix),
+            );
         } else {
             push(&mut sql, " AND action = $?", Value::from(action.as_str()));
         }
     }
     if let Some(kind) = &filter.target_kind {
-        push(&mut sql, " AND target_kind = $?", Value::from(kind.as_str()));
+        push(
+            &mut sql,
+            " AND target_kind = $?",
+            Value::from(kind.as_str()),
+        );
     }
     if let Some(id) = &filter.target_id {
         push(&mut sql, " AND target_id = $?", Value::from(id.as_str()));
@@ -92,7 +103,11 @@ pub async fn list<D: Db>(db: &mut D, filter: &AuditFilter) -> Result<Page<AuditE
         push(&mut sql, " AND seq < $?", Value::Int(seq));
     }
     let limit = filter.limit.clamp(1, 1000);
-    push(&mut sql, " ORDER BY seq DESC LIMIT $?", Value::Int(limit as i64 + 1));
+    push(
+        &mut sql,
+        " ORDER BY seq DESC LIMIT $?",
+        Value::Int(limit as i64 + 1),
+    );
     let rows = db.query(&sql, &params).await?;
     let mut items = Vec::with_capacity(rows.len().min(limit));
     for row in rows.iter().take(limit) {
@@ -109,6 +124,8 @@ pub async fn list<D: Db>(db: &mut D, filter: &AuditFilter) -> Result<Page<AuditE
             after: parse(row.opt_text(8)?),
         });
     }
-    let next_cursor = (rows.len() > limit).then(|| items.last().map(|e| e.seq.to_string())).flatten();
+    let next_cursor = (rows.len() > limit)
+        .then(|| items.last().map(|e| e.seq.to_string()))
+        .flatten();
     Ok(Page { items, next_cursor })
 }

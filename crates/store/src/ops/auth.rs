@@ -20,15 +20,24 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Actor {
-        Actor { id: "system".into(), name: "drover".into() }
+        Actor {
+            id: "system".into(),
+            name: "drover".into(),
+        }
     }
 
     pub fn token(id: &str, name: &str) -> Actor {
-        Actor { id: format!("token:{id}"), name: name.to_owned() }
+        Actor {
+            id: format!("token:{id}"),
+            name: name.to_owned(),
+        }
     }
 
     pub fn device(id: &str) -> Actor {
-        Actor { id: format!("device:{id}"), name: id.to_owned() }
+        Actor {
+            id: format!("device:{id}"),
+            name: id.to_owned(),
+        }
     }
 }
 
@@ -47,7 +56,8 @@ impl TokenAuth {
     }
 }
 
-const TOKEN_COLS: &str = "id, name, role, created_at, created_by, expires_at, revoked_at, last_used_at";
+const TOKEN_COLS: &str =
+    "id, name, role, created_at, created_by, expires_at, revoked_at, last_used_at";
 const MAX_NAME: usize = 128;
 
 fn token_from_row(row: &Row) -> Result<TokenView, StoreError> {
@@ -64,7 +74,10 @@ fn token_from_row(row: &Row) -> Result<TokenView, StoreError> {
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), StoreError> {
-    if name.trim().is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+    if name.trim().is_empty()
+        || name.chars().count() > MAX_NAME
+        || name.chars().any(char::is_control)
+    {
         return Err(StoreError::Invalid(format!(
             "{kind} name must be 1-{MAX_NAME} characters without control characters"
         )));
@@ -79,7 +92,9 @@ fn parse_lifetime(text: &str, max: Option<Duration>) -> Result<Duration, StoreEr
     }
     if let Some(max) = max {
         if lifetime > max {
-            return Err(StoreError::Invalid(format!("lifetime must be at most {max}")));
+            return Err(StoreError::Invalid(format!(
+                "lifetime must be at most {max}"
+            )));
         }
     }
     Ok(lifetime)
@@ -113,30 +128,65 @@ async fn insert_token<D: Db>(
 
 async fn get_token<D: Db>(db: &mut D, id: &str) -> Result<TokenView, StoreError> {
     let row = db
-        .query_opt(&format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE id = $1"), &[Value::from(id)])
+        .query_opt(
+            &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE id = $1"),
+            &[Value::from(id)],
+        )
         .await?
         .ok_or_else(|| StoreError::not_found("token", id))?;
     token_from_row(&row)
 }
 
-pub async fn bootstrap_admin<D: Db>(db: &mut D, preset: Option<String>, now: Timestamp) -> Result<Option<String>, StoreError> {
+pub async fn bootstrap_admin<D: Db>(
+    db: &mut D,
+    preset: Option<String>,
+    now: Timestamp,
+) -> Result<Option<String>, StoreError> {
     if db.dialect() == drover_core::query::Dialect::Postgres {
         // Two replicas starting on an empty database must not both create an admin token.
-        db.query("SELECT pg_advisory_xact_lock($1)", &[Value::Int(0x4452_4f56_4144)]).await?;
+        db.query(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[Value::Int(0x4452_4f56_4144)],
+        )
+        .await?;
     }
-    let n = db.query_one("SELECT COUNT(*) FROM api_tokens", &[]).await?.int(0)?;
+    let n = db
+        .query_one("SELECT COUNT(*) FROM api_tokens", &[])
+        .await?
+        .int(0)?;
     if n > 0 {
         return Ok(None);
     }
     let secret = match preset {
         Some(s) if s.len() < 16 => {
-            return Err(StoreError::Config("the preset admin token must be at least 16 characters".into()))
+            return Err(StoreError::Config(
+                "the preset admin token must be at least 16 characters".into(),
+            ))
         }
         Some(s) => s,
         None => secret::generate("drv_op_"),
     };
-    let token = insert_token(db, "bootstrap-admin", Role::Admin, &secret, "system", None, now).await?;
-    audit::record(db, &Actor::system(), "token.create", "token", &token.id, None::<&()>, Some(&token), now).await?;
+    let token = insert_token(
+        db,
+        "bootstrap-admin",
+        Role::Admin,
+        &secret,
+        "system",
+        None,
+        now,
+    )
+    .await?;
+    audit::record(
+        db,
+        &Actor::system(),
+        "token.create",
+        "token",
+        &token.id,
+        None::<&()>,
+        Some(&token),
+        now,
+    )
+    .await?;
     Ok(Some(secret))
 }
 
@@ -153,43 +203,101 @@ pub async fn create_token<D: Db>(
     };
     let secret = secret::generate("drv_op_");
     let token = insert_token(db, &new.name, new.role, &secret, &actor.id, expires_at, now).await?;
-    audit::record(db, actor, "token.create", "token", &token.id, None::<&()>, Some(&token), now).await?;
+    audit::record(
+        db,
+        actor,
+        "token.create",
+        "token",
+        &token.id,
+        None::<&()>,
+        Some(&token),
+        now,
+    )
+    .await?;
     Ok((token, secret))
 }
 
 pub async fn list_tokens<D: Db>(db: &mut D) -> Result<Vec<TokenView>, StoreError> {
-    let rows = db.query(&format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY created_at, id"), &[]).await?;
+    let rows = db
+        .query(
+            &format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY created_at, id"),
+            &[],
+        )
+        .await?;
     rows.iter().map(token_from_row).collect()
 }
 
-pub async fn revoke_token<D: Db>(db: &mut D, actor: &Actor, id: &str, now: Timestamp) -> Result<TokenView, StoreError> {
+pub async fn revoke_token<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &str,
+    now: Timestamp,
+) -> Result<TokenView, StoreError> {
     let before = get_token(db, id).await?;
     if before.revoked_at.is_some() {
-        return Err(StoreError::Conflict(format!("token {id} is already revoked")));
+        return Err(StoreError::Conflict(format!(
+            "token {id} is already revoked"
+        )));
     }
-    db.execute("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2", &[ts(now), Value::from(id)]).await?;
+    db.execute(
+        "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2",
+        &[ts(now), Value::from(id)],
+    )
+    .await?;
     let after = get_token(db, id).await?;
-    audit::record(db, actor, "token.revoke", "token", id, Some(&before), Some(&after), now).await?;
+    audit::record(
+        db,
+        actor,
+        "token.revoke",
+        "token",
+        id,
+        Some(&before),
+        Some(&after),
+        now,
+    )
+    .await?;
     Ok(after)
 }
 
-pub async fn authenticate_token<D: Db>(db: &mut D, hash: &str, now: Timestamp) -> Result<TokenAuth, StoreError> {
+pub async fn authenticate_token<D: Db>(
+    db: &mut D,
+    hash: &str,
+    now: Timestamp,
+) -> Result<TokenAuth, StoreError> {
     let row = db
-        .query_opt(&format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE secret_hash = $1"), &[Value::from(hash)])
+        .query_opt(
+            &format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE secret_hash = $1"),
+            &[Value::from(hash)],
+        )
         .await?
         .ok_or_else(|| StoreError::Unauthorized("unknown API token".into()))?;
     let token = token_from_row(&row)?;
     if token.revoked_at.is_some() {
-        return Err(StoreError::Unauthorized(format!("API token {} has been revoked", token.id)));
+        return Err(StoreError::Unauthorized(format!(
+            "API token {} has been revoked",
+            token.id
+        )));
     }
     if token.expires_at.is_some_and(|at| at <= now) {
-        return Err(StoreError::Unauthorized(format!("API token {} has expired", token.id)));
+        return Err(StoreError::Unauthorized(format!(
+            "API token {} has expired",
+            token.id
+        )));
     }
-    Ok(TokenAuth { id: token.id, name: token.name, role: token.role, last_used_at: token.last_used_at })
+    Ok(TokenAuth {
+        id: token.id,
+        name: token.name,
+        role: token.role,
+        last_used_at: token.last_used_at,
+    })
 }
 
 pub async fn touch_token<D: Db>(db: &mut D, id: &str, now: Timestamp) -> Result<(), StoreError> {
-    db.execute("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2", &[ts(now), Value::from(id)]).await?;
+    db.execute(
+        "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2",
+        &[ts(now), Value::from(id)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -199,8 +307,8 @@ const CLAIM_COLS: &str =
     "id, name, device_type, tags, group_name, expires_at, max_uses, uses, created_at, created_by, revoked_at";
 
 pub(crate) fn claim_from_row(row: &Row) -> Result<ClaimView, StoreError> {
-    let tags: BTreeMap<TagKey, TagValue> =
-        serde_json::from_str(&row.text(3)?).map_err(|e| StoreError::Corrupt(format!("claim tags: {e}")))?;
+    let tags: BTreeMap<TagKey, TagValue> = serde_json::from_str(&row.text(3)?)
+        .map_err(|e| StoreError::Corrupt(format!("claim tags: {e}")))?;
     Ok(ClaimView {
         id: row.text(0)?,
         name: row.text(1)?,
@@ -233,15 +341,23 @@ pub async fn create_claim<D: Db>(
     now: Timestamp,
 ) -> Result<(ClaimView, String), StoreError> {
     check_name("claim", &new.name)?;
-    let lifetime = parse_lifetime(new.expires_in.as_deref().unwrap_or("24h"), Some(Duration::parse("365d").unwrap_or(Duration::from_secs(0))))?;
+    let lifetime = parse_lifetime(
+        new.expires_in.as_deref().unwrap_or("24h"),
+        Some(Duration::parse("365d").unwrap_or(Duration::from_secs(0))),
+    )?;
     if new.max_uses == Some(0) {
         return Err(StoreError::Invalid("max_uses must be at least 1".into()));
     }
     if let Some(group) = &new.group {
         let kind = db
-            .query_opt("SELECT kind FROM groups WHERE name = $1", &[Value::from(group.as_str())])
+            .query_opt(
+                "SELECT kind FROM groups WHERE name = $1",
+                &[Value::from(group.as_str())],
+            )
             .await?
-            .ok_or_else(|| StoreError::Invalid(format!("group {:?} does not exist", group.as_str())))?
+            .ok_or_else(|| {
+                StoreError::Invalid(format!("group {:?} does not exist", group.as_str()))
+            })?
             .text(0)?;
         if kind != "static" {
             return Err(StoreError::Invalid(format!(
@@ -271,12 +387,27 @@ pub async fn create_claim<D: Db>(
     )
     .await?;
     let claim = get_claim(db, &id).await?;
-    audit::record(db, actor, "claim.create", "claim", &id, None::<&()>, Some(&claim), now).await?;
+    audit::record(
+        db,
+        actor,
+        "claim.create",
+        "claim",
+        &id,
+        None::<&()>,
+        Some(&claim),
+        now,
+    )
+    .await?;
     Ok((claim, secret))
 }
 
 pub async fn list_claims<D: Db>(db: &mut D) -> Result<Vec<ClaimView>, StoreError> {
-    let rows = db.query(&format!("SELECT {CLAIM_COLS} FROM claim_tokens ORDER BY created_at, id"), &[]).await?;
+    let rows = db
+        .query(
+            &format!("SELECT {CLAIM_COLS} FROM claim_tokens ORDER BY created_at, id"),
+            &[],
+        )
+        .await?;
     rows.iter().map(claim_from_row).collect()
 }
 
@@ -288,13 +419,34 @@ pub async fn get_claim<D: Db>(db: &mut D, id: &str) -> Result<ClaimView, StoreEr
     claim_from_row(&row)
 }
 
-pub async fn revoke_claim<D: Db>(db: &mut D, actor: &Actor, id: &str, now: Timestamp) -> Result<ClaimView, StoreError> {
+pub async fn revoke_claim<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &str,
+    now: Timestamp,
+) -> Result<ClaimView, StoreError> {
     let before = get_claim(db, id).await?;
     if before.revoked_at.is_some() {
-        return Err(StoreError::Conflict(format!("claim {id} is already revoked")));
+        return Err(StoreError::Conflict(format!(
+            "claim {id} is already revoked"
+        )));
     }
-    db.execute("UPDATE claim_tokens SET revoked_at = $1 WHERE id = $2", &[ts(now), Value::from(id)]).await?;
+    db.execute(
+        "UPDATE claim_tokens SET revoked_at = $1 WHERE id = $2",
+        &[ts(now), Value::from(id)],
+    )
+    .await?;
     let after = get_claim(db, id).await?;
-    audit::record(db, actor, "claim.revoke", "claim", id, Some(&before), Some(&after), now).await?;
+    audit::record(
+        db,
+        actor,
+        "claim.revoke",
+        "claim",
+        id,
+        Some(&before),
+        Some(&after),
+        now,
+    )
+    .await?;
     Ok(after)
 }

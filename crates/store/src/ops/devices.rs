@@ -4,9 +4,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine;
-use drover_core::query::Query;
-use drover_core::{Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp, Version};
-use drover_proto::devices::{DevicePatch, DeviceSort, DeviceView, ImportResult, NewDevice, OnConflict, SortOrder};
+use drover_core::query::{Dialect, Query};
+use drover_core::{
+    Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp,
+    Version,
+};
+use drover_proto::devices::{
+    DevicePatch, DeviceSort, DeviceView, ImportResult, NewDevice, OnConflict, SortOrder,
+};
 use drover_proto::Page;
 use tokio::sync::mpsc::Receiver;
 
@@ -60,12 +65,20 @@ pub(crate) fn device_from_row(row: &Row) -> Result<(i64, Device), StoreError> {
     let device = Device {
         id: DeviceId::parse(&row.text(1)?).map_err(corrupt)?,
         device_type: DeviceType::parse(&row.text(2)?).map_err(corrupt)?,
-        hw_id: if hw_id.is_empty() { None } else { Some(HardwareId::parse(&hw_id).map_err(corrupt)?) },
+        hw_id: if hw_id.is_empty() {
+            None
+        } else {
+            Some(HardwareId::parse(&hw_id).map_err(corrupt)?)
+        },
         hw_rev: opt_label(row.text(4)?)?,
         site: opt_label(row.text(5)?)?,
         region: opt_label(row.text(6)?)?,
         status: DeviceStatus::parse(&row.text(7)?).map_err(StoreError::Corrupt)?,
-        firmware: if firmware.is_empty() { None } else { Some(Version::parse(&firmware).map_err(corrupt)?) },
+        firmware: if firmware.is_empty() {
+            None
+        } else {
+            Some(Version::parse(&firmware).map_err(corrupt)?)
+        },
         tags: BTreeMap::new(),
         created_at: Timestamp::from_millis(row.int(9)?),
         updated_at: Timestamp::from_millis(row.int(10)?),
@@ -75,12 +88,24 @@ pub(crate) fn device_from_row(row: &Row) -> Result<(i64, Device), StoreError> {
 }
 
 /// Fills in the tags of `devices` (keyed by sequence number) with one query.
-pub(crate) async fn load_tags<D: Db>(db: &mut D, devices: &mut [(i64, Device)]) -> Result<(), StoreError> {
+pub(crate) async fn load_tags<D: Db>(
+    db: &mut D,
+    devices: &mut [(i64, Device)],
+) -> Result<(), StoreError> {
     if devices.is_empty() {
         return Ok(());
     }
-    let index: HashMap<i64, usize> = devices.iter().enumerate().map(|(idx, (seq, _))| (*seq, idx)).collect();
-    for chunk in devices.iter().map(|(seq, _)| Value::Int(*seq)).collect::<Vec<_>>().chunks(MAX_PAGE) {
+    let index: HashMap<i64, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(idx, (seq, _))| (*seq, idx))
+        .collect();
+    for chunk in devices
+        .iter()
+        .map(|(seq, _)| Value::Int(*seq))
+        .collect::<Vec<_>>()
+        .chunks(MAX_PAGE)
+    {
         let sql = format!(
             "SELECT device_seq, key, value FROM device_tags WHERE device_seq IN ({})",
             placeholders(1, chunk.len())
@@ -96,7 +121,11 @@ pub(crate) async fn load_tags<D: Db>(db: &mut D, devices: &mut [(i64, Device)]) 
 }
 
 /// A device and its sequence number; `lock` takes a row lock on PostgreSQL.
-pub(crate) async fn get_with_seq<D: Db>(db: &mut D, id: &DeviceId, lock: bool) -> Result<(i64, Device), StoreError> {
+pub(crate) async fn get_with_seq<D: Db>(
+    db: &mut D,
+    id: &DeviceId,
+    lock: bool,
+) -> Result<(i64, Device), StoreError> {
     let sql = format!(
         "SELECT {DEVICE_COLS} FROM devices d WHERE d.id = $1{}",
         if lock { db.for_update() } else { "" }
@@ -116,10 +145,18 @@ pub async fn get<D: Db>(db: &mut D, id: &DeviceId) -> Result<Device, StoreError>
 }
 
 /// Fails if a live device other than `except_seq` holds `hw_id`.
-pub(crate) async fn check_hw_id_free<D: Db>(db: &mut D, hw_id: &HardwareId, except_seq: Option<i64>) -> Result<(), StoreError> {
+///
+/// Lookups by hardware id repeat the partial unique index's condition (`hw_id <> '' AND status NOT
+/// IN (…)`) word for word: SQLite uses a partial index only when the query implies its WHERE clause,
+/// and without it every lookup would scan the table.
+pub(crate) async fn check_hw_id_free<D: Db>(
+    db: &mut D,
+    hw_id: &HardwareId,
+    except_seq: Option<i64>,
+) -> Result<(), StoreError> {
     let row = db
         .query_opt(
-            "SELECT seq, id FROM devices WHERE hw_id = $1 AND status NOT IN ('decommissioned', 'rejected')",
+            "SELECT seq, id FROM devices WHERE hw_id = $1 AND hw_id <> '' AND status NOT IN ('decommissioned', 'rejected')",
             &[Value::from(hw_id.as_str())],
         )
         .await?;
@@ -149,8 +186,18 @@ fn insert_values(device: &Device, preauth_hash: Option<String>) -> [Value; 13] {
         label_value(&device.site),
         label_value(&device.region),
         Value::from(device.status.as_str()),
-        Value::from(device.firmware.as_ref().map_or(String::new(), |v| v.to_string())),
-        Value::Bytes(device.firmware.as_ref().map_or(Vec::new(), Version::sort_key)),
+        Value::from(
+            device
+                .firmware
+                .as_ref()
+                .map_or(String::new(), |v| v.to_string()),
+        ),
+        Value::Bytes(
+            device
+                .firmware
+                .as_ref()
+                .map_or(Vec::new(), Version::sort_key),
+        ),
         ts(device.created_at),
         ts(device.updated_at),
         Value::Int(device.last_seen.map_or(0, |t| t.as_millis())),
@@ -162,24 +209,48 @@ const INSERT_COLS: &str =
     "id, device_type, hw_id, hw_rev, site, region, status, firmware, fw_key, created_at, updated_at, last_seen, preauth_secret_hash";
 
 /// Inserts one device with its tags; returns its sequence number.
-pub(crate) async fn insert_device<D: Db>(db: &mut D, device: &Device, preauth_hash: Option<String>) -> Result<i64, StoreError> {
+pub(crate) async fn insert_device<D: Db>(
+    db: &mut D,
+    device: &Device,
+    preauth_hash: Option<String>,
+) -> Result<i64, StoreError> {
     if let Some(hw_id) = &device.hw_id {
         if device.status.holds_hardware_id() {
             check_hw_id_free(db, hw_id, None).await?;
         }
     }
-    if db.query_opt("SELECT 1 FROM devices WHERE id = $1", &[Value::from(device.id.as_str())]).await?.is_some() {
-        return Err(StoreError::Conflict(format!("device {:?} already exists", device.id.as_str())));
+    if db
+        .query_opt(
+            "SELECT 1 FROM devices WHERE id = $1",
+            &[Value::from(device.id.as_str())],
+        )
+        .await?
+        .is_some()
+    {
+        return Err(StoreError::Conflict(format!(
+            "device {:?} already exists",
+            device.id.as_str()
+        )));
     }
-    let sql = format!("INSERT INTO devices ({INSERT_COLS}) VALUES ({}) RETURNING seq", placeholders(1, 13));
-    let seq = db.query_one(&sql, &insert_values(device, preauth_hash)).await?.int(0)?;
-    let tags: Vec<(i64, &TagKey, &TagValue)> = device.tags.iter().map(|(k, v)| (seq, k, v)).collect();
+    let sql = format!(
+        "INSERT INTO devices ({INSERT_COLS}) VALUES ({}) RETURNING seq",
+        placeholders(1, 13)
+    );
+    let seq = db
+        .query_one(&sql, &insert_values(device, preauth_hash))
+        .await?
+        .int(0)?;
+    let tags: Vec<(i64, &TagKey, &TagValue)> =
+        device.tags.iter().map(|(k, v)| (seq, k, v)).collect();
     upsert_tags(db, &tags).await?;
     Ok(seq)
 }
 
 /// Sets tags (insert or overwrite), many rows per statement.
-pub(crate) async fn upsert_tags<D: Db>(db: &mut D, tags: &[(i64, &TagKey, &TagValue)]) -> Result<(), StoreError> {
+pub(crate) async fn upsert_tags<D: Db>(
+    db: &mut D,
+    tags: &[(i64, &TagKey, &TagValue)],
+) -> Result<(), StoreError> {
     for chunk in tags.chunks(INSERT_CHUNK * 3) {
         let sql = format!(
             "INSERT INTO device_tags (device_seq, key, value) VALUES {} ON CONFLICT (device_seq, key) DO UPDATE SET value = excluded.value",
@@ -187,7 +258,13 @@ pub(crate) async fn upsert_tags<D: Db>(db: &mut D, tags: &[(i64, &TagKey, &TagVa
         );
         let params: Vec<Value> = chunk
             .iter()
-            .flat_map(|(seq, k, v)| [Value::Int(*seq), Value::from(k.as_str()), Value::from(v.as_str())])
+            .flat_map(|(seq, k, v)| {
+                [
+                    Value::Int(*seq),
+                    Value::from(k.as_str()),
+                    Value::from(v.as_str()),
+                ]
+            })
             .collect();
         db.execute(&sql, &params).await?;
     }
@@ -200,7 +277,10 @@ fn generated_id() -> DeviceId {
 
 fn creatable_status(status: Option<DeviceStatus>) -> Result<DeviceStatus, String> {
     match status.unwrap_or(DeviceStatus::Provisioning) {
-        s @ (DeviceStatus::Provisioning | DeviceStatus::Active | DeviceStatus::Inactive | DeviceStatus::Error) => Ok(s),
+        s @ (DeviceStatus::Provisioning
+        | DeviceStatus::Active
+        | DeviceStatus::Inactive
+        | DeviceStatus::Error) => Ok(s),
         s => Err(format!(
             "a new device cannot start as {s}: use provisioning, active, inactive or error"
         )),
@@ -211,7 +291,9 @@ fn creatable_status(status: Option<DeviceStatus>) -> Result<DeviceStatus, String
 fn check_preauth_secret(new: &NewDevice) -> Result<(), StoreError> {
     if let Some(secret) = &new.preauth_secret {
         if new.hw_id.is_none() {
-            return Err(StoreError::Invalid("preauth_secret needs a hw_id: the device presents both to provision".into()));
+            return Err(StoreError::Invalid(
+                "preauth_secret needs a hw_id: the device presents both to provision".into(),
+            ));
         }
         provision::check_secret_shape("preauth_secret", secret)?;
     }
@@ -254,13 +336,27 @@ pub async fn create<D: Db>(
     } else {
         None
     };
-    audit::record(db, actor, "device.create", "device", device.id.as_str(), None::<&()>, Some(&DeviceView::from(device.clone())), now)
-        .await?;
+    audit::record(
+        db,
+        actor,
+        "device.create",
+        "device",
+        device.id.as_str(),
+        None::<&()>,
+        Some(&DeviceView::from(device.clone())),
+        now,
+    )
+    .await?;
     Ok((device, credential))
 }
 
 /// Writes every column of `device` (except id and created_at) to row `seq`, and replaces its tags.
-pub(crate) async fn write_device<D: Db>(db: &mut D, seq: i64, before: &Device, device: &Device) -> Result<(), StoreError> {
+pub(crate) async fn write_device<D: Db>(
+    db: &mut D,
+    seq: i64,
+    before: &Device,
+    device: &Device,
+) -> Result<(), StoreError> {
     db.execute(
         "UPDATE devices SET device_type = $1, hw_id = $2, hw_rev = $3, site = $4, region = $5, status = $6, firmware = $7, fw_key = $8, updated_at = $9, last_seen = $10 WHERE seq = $11",
         &[
@@ -325,7 +421,8 @@ fn apply_patch(device: &mut Device, patch: DevicePatch) -> Result<(), StoreError
                 match (device.status, status) {
                     (_, DeviceStatus::Decommissioned) => "use the decommission operation",
                     (DeviceStatus::Pending, _) => "accept or reject the pending device",
-                    (DeviceStatus::Provisioning, _) => "the device becomes active when it provisions",
+                    (DeviceStatus::Provisioning, _) =>
+                        "the device becomes active when it provisions",
                     _ => "only active, inactive and error can be set",
                 }
             )));
@@ -341,16 +438,25 @@ fn apply_patch(device: &mut Device, patch: DevicePatch) -> Result<(), StoreError
     Ok(())
 }
 
-pub async fn update<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, patch: DevicePatch, now: Timestamp) -> Result<Device, StoreError> {
+pub async fn update<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    patch: DevicePatch,
+    now: Timestamp,
+) -> Result<Device, StoreError> {
     let (seq, before) = get_with_seq(db, id, true).await?;
     if before.status == DeviceStatus::Decommissioned {
-        return Err(StoreError::Invalid(format!("device {id} is decommissioned; it can only be read or deleted")));
+        return Err(StoreError::Invalid(format!(
+            "device {id} is decommissioned; it can only be read or deleted"
+        )));
     }
     let mut device = before.clone();
     apply_patch(&mut device, patch)?;
     // `Version` equality ignores build metadata, but the reported build is part of the record, so
     // compare the firmware text too: a patch that changes only the build must still be written.
-    let same_firmware_text = device.firmware.as_ref().map(Version::to_string) == before.firmware.as_ref().map(Version::to_string);
+    let same_firmware_text = device.firmware.as_ref().map(Version::to_string)
+        == before.firmware.as_ref().map(Version::to_string);
     if device == before && same_firmware_text {
         return Ok(before);
     }
@@ -375,17 +481,40 @@ pub async fn update<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, patch: Devi
     Ok(device)
 }
 
-pub async fn delete<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<(), StoreError> {
+pub async fn delete<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     let (seq, before) = get_with_seq(db, id, true).await?;
-    db.execute("DELETE FROM devices WHERE seq = $1", &[Value::Int(seq)]).await?;
-    audit::record(db, actor, "device.delete", "device", id.as_str(), Some(&DeviceView::from(before)), None::<&()>, now).await?;
+    db.execute("DELETE FROM devices WHERE seq = $1", &[Value::Int(seq)])
+        .await?;
+    audit::record(
+        db,
+        actor,
+        "device.delete",
+        "device",
+        id.as_str(),
+        Some(&DeviceView::from(before)),
+        None::<&()>,
+        now,
+    )
+    .await?;
     Ok(())
 }
 
-pub async fn decommission<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
+pub async fn decommission<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<Device, StoreError> {
     let (seq, before) = get_with_seq(db, id, true).await?;
     if before.status == DeviceStatus::Decommissioned {
-        return Err(StoreError::Conflict(format!("device {id} is already decommissioned")));
+        return Err(StoreError::Conflict(format!(
+            "device {id} is already decommissioned"
+        )));
     }
     let mut device = before.clone();
     device.status = DeviceStatus::Decommissioned;
@@ -422,6 +551,20 @@ fn sort_column(sort: DeviceSort) -> &'static str {
     }
 }
 
+/// How long a SQLite page query may walk the sort index before the planner's plan is used instead.
+const PAGE_WALK_BUDGET: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// The index that serves each sort order (named in the migrations).
+fn sort_index(sort: DeviceSort) -> &'static str {
+    match sort {
+        DeviceSort::Id => "devices_id",
+        DeviceSort::CreatedAt => "devices_created_at",
+        DeviceSort::UpdatedAt => "devices_updated_at",
+        DeviceSort::LastSeen => "devices_last_seen",
+        DeviceSort::Firmware => "devices_fw_key",
+    }
+}
+
 fn sort_name(sort: DeviceSort) -> &'static str {
     match sort {
         DeviceSort::Id => "id",
@@ -439,7 +582,12 @@ fn sort_value(sort: DeviceSort, device: &Device) -> Value {
         DeviceSort::CreatedAt => ts(device.created_at),
         DeviceSort::UpdatedAt => ts(device.updated_at),
         DeviceSort::LastSeen => Value::Int(device.last_seen.map_or(0, |t| t.as_millis())),
-        DeviceSort::Firmware => Value::Bytes(device.firmware.as_ref().map_or(Vec::new(), Version::sort_key)),
+        DeviceSort::Firmware => Value::Bytes(
+            device
+                .firmware
+                .as_ref()
+                .map_or(Vec::new(), Version::sort_key),
+        ),
     }
 }
 
@@ -451,15 +599,26 @@ fn encode_cursor(sort: DeviceSort, value: &Value, seq: i64) -> String {
         Value::Int(i) => i.to_string(),
         Value::Null => String::new(),
     };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{key}|{seq}", sort_name(sort)))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{key}|{seq}", sort_name(sort)))
 }
 
 fn decode_cursor(sort: DeviceSort, cursor: &str) -> Result<(Value, i64), StoreError> {
-    let bad = || StoreError::Invalid("invalid cursor: pass next_cursor from the previous page unchanged".into());
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let bad = || {
+        StoreError::Invalid(
+            "invalid cursor: pass next_cursor from the previous page unchanged".into(),
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let mut parts = raw.splitn(3, '|');
-    let (name, key, seq) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    let (name, key, seq) = (
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
     if name != sort_name(sort) {
         return Err(StoreError::Invalid(format!(
             "cursor belongs to a list sorted by {name}, not {}",
@@ -468,7 +627,9 @@ fn decode_cursor(sort: DeviceSort, cursor: &str) -> Result<(Value, i64), StoreEr
     }
     let seq: i64 = seq.parse().map_err(|_| bad())?;
     let value = match sort {
-        DeviceSort::Id => Value::Text(String::from_utf8(hex::decode(key).map_err(|_| bad())?).map_err(|_| bad())?),
+        DeviceSort::Id => {
+            Value::Text(String::from_utf8(hex::decode(key).map_err(|_| bad())?).map_err(|_| bad())?)
+        }
         DeviceSort::Firmware => Value::Bytes(hex::decode(key).map_err(|_| bad())?),
         _ => Value::Int(key.parse().map_err(|_| bad())?),
     };
@@ -493,7 +654,10 @@ pub async fn list<D: Db>(
         SortOrder::Asc => (">", "ASC"),
         SortOrder::Desc => ("<", "DESC"),
     };
-    let mut sql = format!("SELECT {DEVICE_COLS} FROM devices d WHERE {}", fragment.sql);
+    let mut sql = format!(
+        "SELECT {DEVICE_COLS} FROM devices d{} WHERE {}",
+        fragment.joins, fragment.sql
+    );
     if let Some(cursor) = cursor {
         let (value, seq) = decode_cursor(sort, cursor)?;
         if sort == DeviceSort::Id {
@@ -503,7 +667,11 @@ pub async fn list<D: Db>(
         } else {
             params.push(value);
             params.push(Value::Int(seq));
-            sql.push_str(&format!(" AND ({column}, d.seq) {cmp} (${}, ${})", params.len() - 1, params.len()));
+            sql.push_str(&format!(
+                " AND ({column}, d.seq) {cmp} (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
         }
     }
     if sort == DeviceSort::Id {
@@ -513,47 +681,98 @@ pub async fn list<D: Db>(
     }
     params.push(Value::Int(limit as i64 + 1));
     sql.push_str(&format!(" LIMIT ${}", params.len()));
-    let rows = db.query(&sql, &params).await?;
+    let rows = match db.dialect() {
+        // SQLite's planner does not weigh LIMIT against ORDER BY: for a query matching a few
+        // percent of a large fleet it collects every match and sorts, where walking the sort
+        // index and stopping after one page is a hundred times faster. Try that walk first within
+        // a small time budget; if matches are too rare to fill a page in time, let the planner
+        // choose (it is good at rare matches).
+        Dialect::Sqlite => {
+            let walk = sql.replacen(
+                "FROM devices d",
+                &format!("FROM devices d INDEXED BY {}", sort_index(sort)),
+                1,
+            );
+            db.query_with_fallback(&walk, &sql, &params, PAGE_WALK_BUDGET)
+                .await?
+        }
+        Dialect::Postgres => db.query(&sql, &params).await?,
+    };
     let more = rows.len() > limit;
-    let mut devices = rows.iter().take(limit).map(device_from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut devices = rows
+        .iter()
+        .take(limit)
+        .map(device_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     load_tags(db, &mut devices).await?;
     let next_cursor = if more {
-        devices.last().map(|(seq, device)| encode_cursor(sort, &sort_value(sort, device), *seq))
+        devices
+            .last()
+            .map(|(seq, device)| encode_cursor(sort, &sort_value(sort, device), *seq))
     } else {
         None
     };
-    Ok(Page { items: devices.into_iter().map(|(_, d)| d).collect(), next_cursor })
+    Ok(Page {
+        items: devices.into_iter().map(|(_, d)| d).collect(),
+        next_cursor,
+    })
 }
 
 pub async fn count<D: Db>(db: &mut D, query: &Query, now: Timestamp) -> Result<u64, StoreError> {
     let fragment = query.to_sql(db.dialect(), now, 1);
     let params: Vec<Value> = fragment.params.into_iter().map(Value::from).collect();
-    let row = db.query_one(&format!("SELECT COUNT(*) FROM devices d WHERE {}", fragment.sql), &params).await?;
+    let sql = format!(
+        "SELECT COUNT(*) FROM devices d{} WHERE {}",
+        fragment.joins, fragment.sql
+    );
+    let row = db.query_one(&sql, &params).await?;
     Ok(row.int(0)? as u64)
 }
 
 pub async fn count_by_status<D: Db>(db: &mut D) -> Result<Vec<(String, u64)>, StoreError> {
-    let rows = db.query("SELECT status, COUNT(*) FROM devices GROUP BY status ORDER BY status", &[]).await?;
-    rows.iter().map(|r| Ok((r.text(0)?, r.int(1)? as u64))).collect()
+    let rows = db
+        .query(
+            "SELECT status, COUNT(*) FROM devices GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)? as u64)))
+        .collect()
 }
 
 // ---- bulk operations ---------------------------------------------------------------------------
 
-pub async fn bulk_update<D: Db>(db: &mut D, actor: &Actor, query: &Query, patch: DevicePatch, now: Timestamp) -> Result<(u64, u64), StoreError> {
+pub async fn bulk_update<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    query: &Query,
+    patch: DevicePatch,
+    now: Timestamp,
+) -> Result<(u64, u64), StoreError> {
     if query.is_all() {
         return Err(StoreError::Invalid(
             "a bulk update needs a query; to change every device say so, e.g. `status != decommissioned`".into(),
         ));
     }
     if patch.hw_id.is_some() || patch.firmware.is_some() {
-        return Err(StoreError::Invalid("hw_id and firmware are per device and cannot be set in bulk".into()));
+        return Err(StoreError::Invalid(
+            "hw_id and firmware are per device and cannot be set in bulk".into(),
+        ));
     }
     if patch.is_empty() {
-        return Err(StoreError::Invalid("the bulk update's `set` changes nothing".into()));
+        return Err(StoreError::Invalid(
+            "the bulk update's `set` changes nothing".into(),
+        ));
     }
     if let Some(status) = patch.status {
-        if !matches!(status, DeviceStatus::Active | DeviceStatus::Inactive | DeviceStatus::Error) {
-            return Err(StoreError::Invalid(format!("bulk updates can set status to active, inactive or error, not {status}")));
+        if !matches!(
+            status,
+            DeviceStatus::Active | DeviceStatus::Inactive | DeviceStatus::Error
+        ) {
+            return Err(StoreError::Invalid(format!(
+                "bulk updates can set status to active, inactive or error, not {status}"
+            )));
         }
     }
     // Select the matching set once, before changing anything, so a change to a field the query
@@ -562,7 +781,10 @@ pub async fn bulk_update<D: Db>(db: &mut D, actor: &Actor, query: &Query, patch:
     let params: Vec<Value> = fragment.params.into_iter().map(Value::from).collect();
     let rows = db
         .query(
-            &format!("SELECT d.seq, d.status FROM devices d WHERE d.status <> 'decommissioned' AND ({}) ORDER BY d.seq", fragment.sql),
+            &format!(
+                "SELECT d.seq, d.status FROM devices d{} WHERE d.status <> 'decommissioned' AND ({}) ORDER BY d.seq",
+                fragment.joins, fragment.sql
+            ),
             &params,
         )
         .await?;
@@ -591,27 +813,39 @@ pub async fn bulk_update<D: Db>(db: &mut D, actor: &Actor, query: &Query, patch:
         sets.push(("status", Value::from(s.as_str())));
     }
     sets.push(("updated_at", ts(now)));
-    let set_sql: Vec<String> = sets.iter().enumerate().map(|(idx, (col, _))| format!("{col} = ${}", idx + 1)).collect();
+    let set_sql: Vec<String> = sets
+        .iter()
+        .enumerate()
+        .map(|(idx, (col, _))| format!("{col} = ${}", idx + 1))
+        .collect();
     for chunk in seqs.chunks(INSERT_CHUNK) {
         let mut params: Vec<Value> = sets.iter().map(|(_, v)| v.clone()).collect();
         let first = params.len() + 1;
         params.extend(chunk.iter().map(|s| Value::Int(*s)));
         db.execute(
-            &format!("UPDATE devices SET {} WHERE seq IN ({})", set_sql.join(", "), placeholders(first, chunk.len())),
+            &format!(
+                "UPDATE devices SET {} WHERE seq IN ({})",
+                set_sql.join(", "),
+                placeholders(first, chunk.len())
+            ),
             &params,
         )
         .await?;
         for (key, value) in &patch.tags {
             match value {
                 Some(value) => {
-                    let tags: Vec<(i64, &TagKey, &TagValue)> = chunk.iter().map(|s| (*s, key, value)).collect();
+                    let tags: Vec<(i64, &TagKey, &TagValue)> =
+                        chunk.iter().map(|s| (*s, key, value)).collect();
                     upsert_tags(db, &tags).await?;
                 }
                 None => {
                     let mut params = vec![Value::from(key.as_str())];
                     params.extend(chunk.iter().map(|s| Value::Int(*s)));
                     db.execute(
-                        &format!("DELETE FROM device_tags WHERE key = $1 AND device_seq IN ({})", placeholders(2, chunk.len())),
+                        &format!(
+                            "DELETE FROM device_tags WHERE key = $1 AND device_seq IN ({})",
+                            placeholders(2, chunk.len())
+                        ),
                         &params,
                     )
                     .await?;
@@ -648,10 +882,14 @@ pub async fn import<D: Db>(
     let mut seen = ImportSeen::default();
     loop {
         match rx.recv().await {
-            Some(ImportMsg::Batch(rows)) => import_batch(db, on_conflict, rows, now, &mut seen, &mut result).await?,
+            Some(ImportMsg::Batch(rows)) => {
+                import_batch(db, on_conflict, rows, now, &mut seen, &mut result).await?
+            }
             Some(ImportMsg::Commit) => break,
             Some(ImportMsg::Abort) | None => {
-                return Err(StoreError::Invalid("import aborted before it completed; nothing was written".into()))
+                return Err(StoreError::Invalid(
+                    "import aborted before it completed; nothing was written".into(),
+                ))
             }
         }
     }
@@ -697,7 +935,10 @@ async fn import_batch<D: Db>(
             }
         };
         if row.device.issue_credential {
-            errors.push((row.line, "issue_credential is not available in imports; devices provision themselves".into()));
+            errors.push((
+                row.line,
+                "issue_credential is not available in imports; devices provision themselves".into(),
+            ));
             continue;
         }
         if let Err(e) = check_preauth_secret(&row.device) {
@@ -706,26 +947,45 @@ async fn import_batch<D: Db>(
         }
         let device = device_from_new(&row.device, status, now);
         if !seen.ids.insert(device.id.clone()) {
-            errors.push((row.line, format!("device {:?} appears twice in the import", device.id.as_str())));
+            errors.push((
+                row.line,
+                format!(
+                    "device {:?} appears twice in the import",
+                    device.id.as_str()
+                ),
+            ));
             continue;
         }
         if let Some(hw) = &device.hw_id {
             if !seen.hw_ids.insert(hw.clone()) {
-                errors.push((row.line, format!("hardware id {:?} appears twice in the import", hw.as_str())));
+                errors.push((
+                    row.line,
+                    format!("hardware id {:?} appears twice in the import", hw.as_str()),
+                ));
                 continue;
             }
         }
         if row.device.status.is_some() {
             requested.insert(row.line);
         }
-        devices.push((row.line, device, row.device.preauth_secret.as_deref().map(secret::hash)));
+        devices.push((
+            row.line,
+            device,
+            row.device.preauth_secret.as_deref().map(secret::hash),
+        ));
     }
 
     // Which ids exist already (earlier batches of this import included: same transaction)?
     let mut existing: HashMap<String, (i64, Device)> = HashMap::new();
     for chunk in devices.chunks(INSERT_CHUNK) {
-        let ids: Vec<Value> = chunk.iter().map(|(_, d, _)| Value::from(d.id.as_str())).collect();
-        let sql = format!("SELECT {DEVICE_COLS} FROM devices d WHERE d.id IN ({})", placeholders(1, ids.len()));
+        let ids: Vec<Value> = chunk
+            .iter()
+            .map(|(_, d, _)| Value::from(d.id.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT {DEVICE_COLS} FROM devices d WHERE d.id IN ({})",
+            placeholders(1, ids.len())
+        );
         for row in db.query(&sql, &ids).await? {
             let (seq, device) = device_from_row(&row)?;
             existing.insert(device.id.as_str().to_owned(), (seq, device));
@@ -733,10 +993,13 @@ async fn import_batch<D: Db>(
     }
     // Which hardware ids are held by other live devices?
     let mut hw_owner: HashMap<String, String> = HashMap::new();
-    let with_hw: Vec<Value> = devices.iter().filter_map(|(_, d, _)| d.hw_id.as_ref().map(|h| Value::from(h.as_str()))).collect();
+    let with_hw: Vec<Value> = devices
+        .iter()
+        .filter_map(|(_, d, _)| d.hw_id.as_ref().map(|h| Value::from(h.as_str())))
+        .collect();
     for chunk in with_hw.chunks(INSERT_CHUNK) {
         let sql = format!(
-            "SELECT hw_id, id FROM devices WHERE hw_id IN ({}) AND status NOT IN ('decommissioned', 'rejected')",
+            "SELECT hw_id, id FROM devices WHERE hw_id IN ({}) AND hw_id <> '' AND status NOT IN ('decommissioned', 'rejected')",
             placeholders(1, chunk.len())
         );
         for row in db.query(&sql, chunk).await? {
@@ -749,25 +1012,46 @@ async fn import_batch<D: Db>(
     for (line, device, preauth) in devices {
         if let Some(owner) = device.hw_id.as_ref().and_then(|h| hw_owner.get(h.as_str())) {
             if owner != device.id.as_str() {
-                errors.push((line, format!("hardware id {:?} is already used by device {owner:?}", device.hw_id.as_ref().map_or("", |h| h.as_str()))));
+                errors.push((
+                    line,
+                    format!(
+                        "hardware id {:?} is already used by device {owner:?}",
+                        device.hw_id.as_ref().map_or("", |h| h.as_str())
+                    ),
+                ));
                 continue;
             }
         }
         match (existing.remove(device.id.as_str()), on_conflict) {
             (None, _) => to_insert.push((device, preauth)),
-            (Some(_), OnConflict::Error) => {
-                errors.push((line, format!("device {:?} already exists (use on_conflict=skip or update)", device.id.as_str())))
-            }
+            (Some(_), OnConflict::Error) => errors.push((
+                line,
+                format!(
+                    "device {:?} already exists (use on_conflict=skip or update)",
+                    device.id.as_str()
+                ),
+            )),
             (Some(_), OnConflict::Skip) => result.skipped += 1,
             (Some((seq, old)), OnConflict::Update) => {
                 if old.status == DeviceStatus::Decommissioned {
-                    errors.push((line, format!("device {:?} is decommissioned and cannot be updated", device.id.as_str())));
+                    errors.push((
+                        line,
+                        format!(
+                            "device {:?} is decommissioned and cannot be updated",
+                            device.id.as_str()
+                        ),
+                    ));
                     continue;
                 }
                 if requested.contains(&line) && !old.status.can_set_to(device.status) {
                     errors.push((
                         line,
-                        format!("cannot change status of {:?} from {} to {}", device.id.as_str(), old.status, device.status),
+                        format!(
+                            "cannot change status of {:?} from {} to {}",
+                            device.id.as_str(),
+                            old.status,
+                            device.status
+                        ),
                     ));
                     continue;
                 }
@@ -780,11 +1064,19 @@ async fn import_batch<D: Db>(
     }
 
     for chunk in to_insert.chunks(INSERT_CHUNK) {
-        let sql = format!("INSERT INTO devices ({INSERT_COLS}) VALUES {} RETURNING seq, id", value_rows(chunk.len(), 13));
-        let params: Vec<Value> = chunk.iter().flat_map(|(d, p)| insert_values(d, p.clone())).collect();
+        let sql = format!(
+            "INSERT INTO devices ({INSERT_COLS}) VALUES {} RETURNING seq, id",
+            value_rows(chunk.len(), 13)
+        );
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|(d, p)| insert_values(d, p.clone()))
+            .collect();
         let returned = db.query(&sql, &params).await?;
-        let seq_by_id: HashMap<String, i64> =
-            returned.iter().map(|r| Ok((r.text(1)?, r.int(0)?))).collect::<Result<_, StoreError>>()?;
+        let seq_by_id: HashMap<String, i64> = returned
+            .iter()
+            .map(|r| Ok((r.text(1)?, r.int(0)?)))
+            .collect::<Result<_, StoreError>>()?;
         let tags: Vec<(i64, &TagKey, &TagValue)> = chunk
             .iter()
             .flat_map(|(d, _)| {
@@ -795,7 +1087,10 @@ async fn import_batch<D: Db>(
         upsert_tags(db, &tags).await?;
         result.created += chunk.len() as u64;
     }
-    let mut olds: Vec<(i64, Device)> = to_update.iter().map(|(seq, old, _, _)| (*seq, old.clone())).collect();
+    let mut olds: Vec<(i64, Device)> = to_update
+        .iter()
+        .map(|(seq, old, _, _)| (*seq, old.clone()))
+        .collect();
     load_tags(db, &mut olds).await?;
     for ((seq, old), (_, _, mut device, status_given)) in olds.into_iter().zip(to_update) {
         // The row's attributes replace the stored ones; lifecycle history stays.

@@ -25,7 +25,11 @@ fn group_from_row(row: &Row) -> Result<GroupView, StoreError> {
             other => return Err(StoreError::Corrupt(format!("unknown group kind {other:?}"))),
         },
         query: row.opt_text(2)?,
-        parent: row.opt_text(3)?.map(|p| GroupName::parse(&p)).transpose().map_err(corrupt)?,
+        parent: row
+            .opt_text(3)?
+            .map(|p| GroupName::parse(&p))
+            .transpose()
+            .map_err(corrupt)?,
         description: row.text(4)?,
         created_at: Timestamp::from_millis(row.int(5)?),
         updated_at: Timestamp::from_millis(row.int(6)?),
@@ -35,14 +39,19 @@ fn group_from_row(row: &Row) -> Result<GroupView, StoreError> {
 
 async fn find<D: Db>(db: &mut D, name: &GroupName) -> Result<GroupView, StoreError> {
     let sql = format!("SELECT {GROUP_COLS} FROM groups WHERE name = $1");
-    let row = db.query_opt(&sql, &[Value::from(name.as_str())]).await?.ok_or_else(|| StoreError::not_found("group", name))?;
+    let row = db
+        .query_opt(&sql, &[Value::from(name.as_str())])
+        .await?
+        .ok_or_else(|| StoreError::not_found("group", name))?;
     group_from_row(&row)
 }
 
 fn parse_query(text: &str) -> Result<Query, StoreError> {
     let query = Query::parse(text).map_err(|e| StoreError::Invalid(e.to_string()))?;
     if query.is_all() {
-        return Err(StoreError::Invalid("a dynamic group's query must not be empty".into()));
+        return Err(StoreError::Invalid(
+            "a dynamic group's query must not be empty".into(),
+        ));
     }
     Ok(query)
 }
@@ -57,44 +66,80 @@ fn check_description(text: &str) -> Result<(), StoreError> {
 }
 
 /// Fails unless `parent` exists, is static, and is not `child` or one of its descendants.
-async fn check_parent<D: Db>(db: &mut D, child: &GroupName, parent: &GroupName) -> Result<(), StoreError> {
+async fn check_parent<D: Db>(
+    db: &mut D,
+    child: &GroupName,
+    parent: &GroupName,
+) -> Result<(), StoreError> {
     let mut cursor = Some(parent.clone());
     let mut depth = 0;
     while let Some(name) = cursor {
         if &name == child {
-            return Err(StoreError::Invalid(format!("group {parent} cannot be the parent of {child}: that would make a cycle")));
+            return Err(StoreError::Invalid(format!(
+                "group {parent} cannot be the parent of {child}: that would make a cycle"
+            )));
         }
         let group = find(db, &name).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => StoreError::Invalid(format!("parent group {:?} does not exist", name.as_str())),
+            StoreError::NotFound { .. } => {
+                StoreError::Invalid(format!("parent group {:?} does not exist", name.as_str()))
+            }
             other => other,
         })?;
         if depth == 0 && group.kind != GroupKind::Static {
-            return Err(StoreError::Invalid(format!("parent group {name} is dynamic; only static groups can be parents")));
+            return Err(StoreError::Invalid(format!(
+                "parent group {name} is dynamic; only static groups can be parents"
+            )));
         }
         depth += 1;
         if depth > 64 {
-            return Err(StoreError::Invalid("group hierarchy is deeper than 64 levels".into()));
+            return Err(StoreError::Invalid(
+                "group hierarchy is deeper than 64 levels".into(),
+            ));
         }
         cursor = group.parent;
     }
     Ok(())
 }
 
-pub async fn create<D: Db>(db: &mut D, actor: &Actor, new: NewGroup, now: Timestamp) -> Result<GroupView, StoreError> {
+pub async fn create<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    new: NewGroup,
+    now: Timestamp,
+) -> Result<GroupView, StoreError> {
     check_description(&new.description)?;
     let query = new.query.as_deref().map(parse_query).transpose()?;
     if query.is_some() && new.parent.is_some() {
-        return Err(StoreError::Invalid("a dynamic group cannot have a parent".into()));
+        return Err(StoreError::Invalid(
+            "a dynamic group cannot have a parent".into(),
+        ));
     }
-    if db.query_opt("SELECT 1 FROM groups WHERE name = $1", &[Value::from(new.name.as_str())]).await?.is_some() {
-        return Err(StoreError::Conflict(format!("group {:?} already exists", new.name.as_str())));
+    if db
+        .query_opt(
+            "SELECT 1 FROM groups WHERE name = $1",
+            &[Value::from(new.name.as_str())],
+        )
+        .await?
+        .is_some()
+    {
+        return Err(StoreError::Conflict(format!(
+            "group {:?} already exists",
+            new.name.as_str()
+        )));
     }
     if let Some(parent) = &new.parent {
         check_parent(db, &new.name, parent).await?;
     }
-    let kind = if query.is_some() { GroupKind::Dynamic } else { GroupKind::Static };
+    let kind = if query.is_some() {
+        GroupKind::Dynamic
+    } else {
+        GroupKind::Static
+    };
     db.execute(
-        &format!("INSERT INTO groups ({GROUP_COLS}) VALUES ({})", placeholders(1, 7)),
+        &format!(
+            "INSERT INTO groups ({GROUP_COLS}) VALUES ({})",
+            placeholders(1, 7)
+        ),
         &[
             Value::from(new.name.as_str()),
             Value::from(kind.as_str()),
@@ -107,7 +152,17 @@ pub async fn create<D: Db>(db: &mut D, actor: &Actor, new: NewGroup, now: Timest
     )
     .await?;
     let group = find(db, &new.name).await?;
-    audit::record(db, actor, "group.create", "group", new.name.as_str(), None::<&()>, Some(&group), now).await?;
+    audit::record(
+        db,
+        actor,
+        "group.create",
+        "group",
+        new.name.as_str(),
+        None::<&()>,
+        Some(&group),
+        now,
+    )
+    .await?;
     Ok(group)
 }
 
@@ -119,13 +174,18 @@ pub async fn membership_query<D: Db>(db: &mut D, name: &GroupName) -> Result<Que
 
 fn query_of(group: &GroupView) -> Result<Query, StoreError> {
     match (&group.kind, &group.query) {
-        (GroupKind::Dynamic, Some(text)) => Query::parse(text).map_err(|e| StoreError::Corrupt(format!("group {}: {e}", group.name))),
+        (GroupKind::Dynamic, Some(text)) => Query::parse(text)
+            .map_err(|e| StoreError::Corrupt(format!("group {}: {e}", group.name))),
         _ => Query::parse(&format!("group = \"{}\"", group.name))
             .map_err(|e| StoreError::Corrupt(format!("group {}: {e}", group.name))),
     }
 }
 
-pub async fn get<D: Db>(db: &mut D, name: &GroupName, now: Timestamp) -> Result<GroupView, StoreError> {
+pub async fn get<D: Db>(
+    db: &mut D,
+    name: &GroupName,
+    now: Timestamp,
+) -> Result<GroupView, StoreError> {
     let mut group = find(db, name).await?;
     let query = query_of(&group)?;
     group.member_count = Some(count(db, &query, now).await?);
@@ -133,22 +193,37 @@ pub async fn get<D: Db>(db: &mut D, name: &GroupName, now: Timestamp) -> Result<
 }
 
 pub async fn list<D: Db>(db: &mut D) -> Result<Vec<GroupView>, StoreError> {
-    let rows = db.query(&format!("SELECT {GROUP_COLS} FROM groups ORDER BY name"), &[]).await?;
+    let rows = db
+        .query(
+            &format!("SELECT {GROUP_COLS} FROM groups ORDER BY name"),
+            &[],
+        )
+        .await?;
     rows.iter().map(group_from_row).collect()
 }
 
-pub async fn update<D: Db>(db: &mut D, actor: &Actor, name: &GroupName, patch: GroupPatch, now: Timestamp) -> Result<GroupView, StoreError> {
+pub async fn update<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    name: &GroupName,
+    patch: GroupPatch,
+    now: Timestamp,
+) -> Result<GroupView, StoreError> {
     let before = find(db, name).await?;
     let mut after = before.clone();
     if let Some(text) = &patch.query {
         if before.kind != GroupKind::Dynamic {
-            return Err(StoreError::Invalid(format!("group {name} is static; only dynamic groups have a query")));
+            return Err(StoreError::Invalid(format!(
+                "group {name} is static; only dynamic groups have a query"
+            )));
         }
         after.query = Some(parse_query(text)?.to_string());
     }
     if let Some(parent) = &patch.parent {
         if before.kind != GroupKind::Static {
-            return Err(StoreError::Invalid(format!("group {name} is dynamic; only static groups have a parent")));
+            return Err(StoreError::Invalid(format!(
+                "group {name} is dynamic; only static groups have a parent"
+            )));
         }
         if let Some(parent) = parent {
             check_parent(db, name, parent).await?;
@@ -171,15 +246,38 @@ pub async fn update<D: Db>(db: &mut D, actor: &Actor, name: &GroupName, patch: G
         ],
     )
     .await?;
-    audit::record(db, actor, "group.update", "group", name.as_str(), Some(&before), Some(&after), now).await?;
+    audit::record(
+        db,
+        actor,
+        "group.update",
+        "group",
+        name.as_str(),
+        Some(&before),
+        Some(&after),
+        now,
+    )
+    .await?;
     Ok(after)
 }
 
-pub async fn delete<D: Db>(db: &mut D, actor: &Actor, name: &GroupName, now: Timestamp) -> Result<(), StoreError> {
+pub async fn delete<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    name: &GroupName,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     let before = find(db, name).await?;
-    let children = db.query("SELECT name FROM groups WHERE parent = $1 ORDER BY name LIMIT 10", &[Value::from(name.as_str())]).await?;
+    let children = db
+        .query(
+            "SELECT name FROM groups WHERE parent = $1 ORDER BY name LIMIT 10",
+            &[Value::from(name.as_str())],
+        )
+        .await?;
     if !children.is_empty() {
-        let names: Vec<String> = children.iter().map(|r| r.text(0)).collect::<Result<_, _>>()?;
+        let names: Vec<String> = children
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_, _>>()?;
         return Err(StoreError::Conflict(format!(
             "group {name} has child groups ({}); move or delete them first",
             names.join(", ")
@@ -197,9 +295,27 @@ pub async fn delete<D: Db>(db: &mut D, actor: &Actor, name: &GroupName, now: Tim
             )));
         }
     }
-    db.execute("DELETE FROM group_members WHERE group_name = $1", &[Value::from(name.as_str())]).await?;
-    db.execute("DELETE FROM groups WHERE name = $1", &[Value::from(name.as_str())]).await?;
-    audit::record(db, actor, "group.delete", "group", name.as_str(), Some(&before), None::<&()>, now).await?;
+    db.execute(
+        "DELETE FROM group_members WHERE group_name = $1",
+        &[Value::from(name.as_str())],
+    )
+    .await?;
+    db.execute(
+        "DELETE FROM groups WHERE name = $1",
+        &[Value::from(name.as_str())],
+    )
+    .await?;
+    audit::record(
+        db,
+        actor,
+        "group.delete",
+        "group",
+        name.as_str(),
+        Some(&before),
+        None::<&()>,
+        now,
+    )
+    .await?;
     Ok(())
 }
 
@@ -221,17 +337,27 @@ pub async fn change_members<D: Db>(
         return Err(StoreError::Invalid("device_ids must not be empty".into()));
     }
     if ids.len() > MAX_MEMBER_CHANGE {
-        return Err(StoreError::Invalid(format!("at most {MAX_MEMBER_CHANGE} device ids per request")));
+        return Err(StoreError::Invalid(format!(
+            "at most {MAX_MEMBER_CHANGE} device ids per request"
+        )));
     }
     let mut seqs = Vec::with_capacity(ids.len());
     let mut missing = Vec::new();
     for chunk in ids.chunks(500) {
         let params: Vec<Value> = chunk.iter().map(|id| Value::from(id.as_str())).collect();
         let rows = db
-            .query(&format!("SELECT id, seq FROM devices WHERE id IN ({})", placeholders(1, chunk.len())), &params)
+            .query(
+                &format!(
+                    "SELECT id, seq FROM devices WHERE id IN ({})",
+                    placeholders(1, chunk.len())
+                ),
+                &params,
+            )
             .await?;
-        let found: std::collections::HashMap<String, i64> =
-            rows.iter().map(|r| Ok((r.text(0)?, r.int(1)?))).collect::<Result<_, StoreError>>()?;
+        let found: std::collections::HashMap<String, i64> = rows
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.int(1)?)))
+            .collect::<Result<_, StoreError>>()?;
         for id in chunk {
             match found.get(id.as_str()) {
                 Some(seq) => seqs.push(*seq),
@@ -243,7 +369,15 @@ pub async fn change_members<D: Db>(
         let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
         return Err(StoreError::NotFound {
             kind: "device",
-            id: format!("{}{}", shown.join(", "), if missing.len() > 10 { format!(" and {} more", missing.len() - 10) } else { String::new() }),
+            id: format!(
+                "{}{}",
+                shown.join(", "),
+                if missing.len() > 10 {
+                    format!(" and {} more", missing.len() - 10)
+                } else {
+                    String::new()
+                }
+            ),
         });
     }
     seqs.sort_unstable();
@@ -269,7 +403,10 @@ pub async fn change_members<D: Db>(
             params.extend(chunk.iter().map(|s| Value::Int(*s)));
             changed += db
                 .execute(
-                    &format!("DELETE FROM group_members WHERE group_name = $1 AND device_seq IN ({})", placeholders(2, chunk.len())),
+                    &format!(
+                        "DELETE FROM group_members WHERE group_name = $1 AND device_seq IN ({})",
+                        placeholders(2, chunk.len())
+                    ),
                     &params,
                 )
                 .await?;
@@ -279,7 +416,11 @@ pub async fn change_members<D: Db>(
     audit::record(
         db,
         actor,
-        if add { "group.members.add" } else { "group.members.remove" },
+        if add {
+            "group.members.add"
+        } else {
+            "group.members.remove"
+        },
         "group",
         name.as_str(),
         None::<&()>,
@@ -290,10 +431,17 @@ pub async fn change_members<D: Db>(
     Ok(changed)
 }
 
-pub async fn device_groups<D: Db>(db: &mut D, id: &DeviceId, now: Timestamp) -> Result<Vec<GroupName>, StoreError> {
+pub async fn device_groups<D: Db>(
+    db: &mut D,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<Vec<GroupName>, StoreError> {
     let (seq, device) = get_with_seq(db, id, false).await?;
     let rows = db
-        .query("SELECT group_name FROM group_members WHERE device_seq = $1 ORDER BY group_name", &[Value::Int(seq)])
+        .query(
+            "SELECT group_name FROM group_members WHERE device_seq = $1 ORDER BY group_name",
+            &[Value::Int(seq)],
+        )
         .await?;
     let static_groups: Vec<GroupName> = rows
         .iter()

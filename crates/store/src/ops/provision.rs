@@ -7,7 +7,9 @@ use drover_proto::devices::DeviceView;
 
 use crate::db::{Db, Value};
 use crate::ops::auth::{claim_from_row, Actor, CLAIM_SELECT};
-use crate::ops::devices::{device_from_row, get_with_seq, insert_device, load_tags, write_device, DEVICE_COLS};
+use crate::ops::devices::{
+    device_from_row, get_with_seq, insert_device, load_tags, write_device, DEVICE_COLS,
+};
 use crate::ops::{audit, ts};
 use crate::{secret, StoreError};
 
@@ -38,7 +40,11 @@ pub(crate) fn check_secret_shape(name: &str, value: &str) -> Result<(), StoreErr
 }
 
 /// Revokes the device's active credentials and issues a new one; returns the secret.
-pub(crate) async fn issue_credential<D: Db>(db: &mut D, seq: i64, now: Timestamp) -> Result<String, StoreError> {
+pub(crate) async fn issue_credential<D: Db>(
+    db: &mut D,
+    seq: i64,
+    now: Timestamp,
+) -> Result<String, StoreError> {
     db.execute(
         "UPDATE device_credentials SET revoked_at = $1 WHERE device_seq = $2 AND revoked_at IS NULL",
         &[ts(now), Value::Int(seq)],
@@ -62,10 +68,24 @@ async fn active_credentials<D: Db>(db: &mut D, seq: i64) -> Result<i64, StoreErr
     .int(0)
 }
 
-pub async fn rotate_credential<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<String, StoreError> {
+pub async fn rotate_credential<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<String, StoreError> {
     let (seq, device) = get_with_seq(db, id, true).await?;
-    if !matches!(device.status, DeviceStatus::Active | DeviceStatus::Inactive | DeviceStatus::Error | DeviceStatus::Provisioning) {
-        return Err(StoreError::Invalid(format!("device {id} is {}; it cannot hold a credential", device.status)));
+    if !matches!(
+        device.status,
+        DeviceStatus::Active
+            | DeviceStatus::Inactive
+            | DeviceStatus::Error
+            | DeviceStatus::Provisioning
+    ) {
+        return Err(StoreError::Invalid(format!(
+            "device {id} is {}; it cannot hold a credential",
+            device.status
+        )));
     }
     let secret = issue_credential(db, seq, now).await?;
     let mut after = device.clone();
@@ -74,11 +94,26 @@ pub async fn rotate_credential<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, 
         after.updated_at = now;
         write_device(db, seq, &device, &after).await?;
     }
-    audit::record(db, actor, "device.credential.rotate", "device", id.as_str(), None::<&()>, None::<&()>, now).await?;
+    audit::record(
+        db,
+        actor,
+        "device.credential.rotate",
+        "device",
+        id.as_str(),
+        None::<&()>,
+        None::<&()>,
+        now,
+    )
+    .await?;
     Ok(secret)
 }
 
-pub async fn revoke_credentials<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
+pub async fn revoke_credentials<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
     let (seq, _) = get_with_seq(db, id, true).await?;
     let n = db
         .execute(
@@ -111,7 +146,10 @@ async fn set_status<D: Db>(
 ) -> Result<Device, StoreError> {
     let (seq, before) = get_with_seq(db, id, true).await?;
     if before.status != from {
-        return Err(StoreError::Invalid(format!("device {id} is {}, not {from}", before.status)));
+        return Err(StoreError::Invalid(format!(
+            "device {id} is {}, not {from}",
+            before.status
+        )));
     }
     let mut after = before.clone();
     after.status = to;
@@ -131,12 +169,40 @@ async fn set_status<D: Db>(
     Ok(after)
 }
 
-pub async fn accept<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
-    set_status(db, actor, id, DeviceStatus::Pending, DeviceStatus::Provisioning, "device.accept", now).await
+pub async fn accept<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<Device, StoreError> {
+    set_status(
+        db,
+        actor,
+        id,
+        DeviceStatus::Pending,
+        DeviceStatus::Provisioning,
+        "device.accept",
+        now,
+    )
+    .await
 }
 
-pub async fn reject<D: Db>(db: &mut D, actor: &Actor, id: &DeviceId, now: Timestamp) -> Result<Device, StoreError> {
-    set_status(db, actor, id, DeviceStatus::Pending, DeviceStatus::Rejected, "device.reject", now).await
+pub async fn reject<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &DeviceId,
+    now: Timestamp,
+) -> Result<Device, StoreError> {
+    set_status(
+        db,
+        actor,
+        id,
+        DeviceStatus::Pending,
+        DeviceStatus::Rejected,
+        "device.reject",
+        now,
+    )
+    .await
 }
 
 pub async fn authenticate<D: Db>(db: &mut D, hash: &str) -> Result<Device, StoreError> {
@@ -148,8 +214,14 @@ pub async fn authenticate<D: Db>(db: &mut D, hash: &str) -> Result<Device, Store
         .await?
         .ok_or_else(|| StoreError::Unauthorized("unknown or revoked device credential".into()))?;
     let mut devices = [device_from_row(&row)?];
-    if !matches!(devices[0].1.status, DeviceStatus::Active | DeviceStatus::Inactive | DeviceStatus::Error) {
-        return Err(StoreError::Unauthorized(format!("device is {}", devices[0].1.status)));
+    if !matches!(
+        devices[0].1.status,
+        DeviceStatus::Active | DeviceStatus::Inactive | DeviceStatus::Error
+    ) {
+        return Err(StoreError::Unauthorized(format!(
+            "device is {}",
+            devices[0].1.status
+        )));
     }
     load_tags(db, &mut devices).await?;
     let [(_, device)] = devices;
@@ -162,7 +234,11 @@ fn hashes_match(stored: &Option<String>, presented: Option<&str>) -> bool {
             // Compare hashes, not secrets, and without early exit.
             let presented = secret::hash(presented);
             stored.len() == presented.len()
-                && stored.bytes().zip(presented.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+                && stored
+                    .bytes()
+                    .zip(presented.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         }
         _ => false,
     }
@@ -179,10 +255,13 @@ pub async fn provision<D: Db>(
     }
     let sql = format!(
         "SELECT {DEVICE_COLS}, d.preauth_secret_hash, d.pending_nonce_hash FROM devices d
-         WHERE d.hw_id = $1 AND d.status NOT IN ('decommissioned', 'rejected'){}",
+         WHERE d.hw_id = $1 AND d.hw_id <> '' AND d.status NOT IN ('decommissioned', 'rejected'){}",
         db.for_update()
     );
-    let Some(row) = db.query_opt(&sql, &[Value::from(request.hardware_id.as_str())]).await? else {
+    let Some(row) = db
+        .query_opt(&sql, &[Value::from(request.hardware_id.as_str())])
+        .await?
+    else {
         if options.allow_pending {
             return enroll_pending(db, &request, now).await;
         }
@@ -199,7 +278,10 @@ pub async fn provision<D: Db>(
     match before.status {
         DeviceStatus::Pending => {
             if hashes_match(&nonce_hash, request.nonce.as_deref()) {
-                Ok(ProvisionOutcome { device: before, credential: None })
+                Ok(ProvisionOutcome {
+                    device: before,
+                    credential: None,
+                })
             } else {
                 Err(StoreError::Conflict(format!(
                     "hardware id {:?} is awaiting approval for a different requester (nonce mismatch)",
@@ -208,11 +290,17 @@ pub async fn provision<D: Db>(
             }
         }
         DeviceStatus::Provisioning => {
-            if preauth_hash.is_some() && !hashes_match(&preauth_hash, request.preauth_secret.as_deref()) {
-                return Err(StoreError::Unauthorized("missing or wrong preauth_secret for this hardware id".into()));
+            if preauth_hash.is_some()
+                && !hashes_match(&preauth_hash, request.preauth_secret.as_deref())
+            {
+                return Err(StoreError::Unauthorized(
+                    "missing or wrong preauth_secret for this hardware id".into(),
+                ));
             }
             if nonce_hash.is_some() && !hashes_match(&nonce_hash, request.nonce.as_deref()) {
-                return Err(StoreError::Unauthorized("missing or wrong nonce for this accepted device".into()));
+                return Err(StoreError::Unauthorized(
+                    "missing or wrong nonce for this accepted device".into(),
+                ));
             }
             if active_credentials(db, seq).await? > 0 {
                 return Err(already_provisioned(&request, &before));
@@ -249,7 +337,10 @@ pub async fn provision<D: Db>(
                 now,
             )
             .await?;
-            Ok(ProvisionOutcome { device, credential: Some(credential) })
+            Ok(ProvisionOutcome {
+                device,
+                credential: Some(credential),
+            })
         }
         _ => Err(already_provisioned(&request, &before)),
     }
@@ -276,10 +367,16 @@ async fn provision_with_claim<D: Db>(
         .ok_or_else(|| StoreError::Unauthorized("unknown claim token".into()))?;
     let claim = claim_from_row(&row)?;
     if claim.revoked_at.is_some() {
-        return Err(StoreError::Unauthorized(format!("claim token {} has been revoked", claim.id)));
+        return Err(StoreError::Unauthorized(format!(
+            "claim token {} has been revoked",
+            claim.id
+        )));
     }
     if claim.expires_at <= now {
-        return Err(StoreError::Unauthorized(format!("claim token {} expired at {}", claim.id, claim.expires_at)));
+        return Err(StoreError::Unauthorized(format!(
+            "claim token {} expired at {}",
+            claim.id, claim.expires_at
+        )));
     }
     if claim.max_uses.is_some_and(|max| claim.uses >= max) {
         return Err(StoreError::Unauthorized(format!(
@@ -295,12 +392,14 @@ async fn provision_with_claim<D: Db>(
         }
         (Some(t), _) | (None, Some(t)) => t.clone(),
         (None, None) => {
-            return Err(StoreError::Invalid("device_type is required: the claim token does not set one".into()))
+            return Err(StoreError::Invalid(
+                "device_type is required: the claim token does not set one".into(),
+            ))
         }
     };
     let existing = db
         .query_opt(
-            "SELECT id FROM devices WHERE hw_id = $1 AND status NOT IN ('decommissioned', 'rejected')",
+            "SELECT id FROM devices WHERE hw_id = $1 AND hw_id <> '' AND status NOT IN ('decommissioned', 'rejected')",
             &[Value::from(request.hardware_id.as_str())],
         )
         .await?;
@@ -312,10 +411,9 @@ async fn provision_with_claim<D: Db>(
         )));
     }
     let device = Device {
-        id: request
-            .device_id
-            .clone()
-            .unwrap_or_else(|| DeviceId::parse(&secret::short_id("dev-")).expect("generated ids are valid")),
+        id: request.device_id.clone().unwrap_or_else(|| {
+            DeviceId::parse(&secret::short_id("dev-")).expect("generated ids are valid")
+        }),
         device_type,
         hw_id: Some(request.hardware_id.clone()),
         hw_rev: request.hw_rev.clone(),
@@ -336,7 +434,11 @@ async fn provision_with_claim<D: Db>(
         )
         .await?;
     }
-    db.execute("UPDATE claim_tokens SET uses = uses + 1 WHERE id = $1", &[Value::from(claim.id.as_str())]).await?;
+    db.execute(
+        "UPDATE claim_tokens SET uses = uses + 1 WHERE id = $1",
+        &[Value::from(claim.id.as_str())],
+    )
+    .await?;
     let credential = issue_credential(db, seq, now).await?;
     audit::record(
         db,
@@ -349,23 +451,31 @@ async fn provision_with_claim<D: Db>(
         now,
     )
     .await?;
-    Ok(ProvisionOutcome { device, credential: Some(credential) })
+    Ok(ProvisionOutcome {
+        device,
+        credential: Some(credential),
+    })
 }
 
-async fn enroll_pending<D: Db>(db: &mut D, request: &ProvisionRequest, now: Timestamp) -> Result<ProvisionOutcome, StoreError> {
+async fn enroll_pending<D: Db>(
+    db: &mut D,
+    request: &ProvisionRequest,
+    now: Timestamp,
+) -> Result<ProvisionOutcome, StoreError> {
     let nonce = request.nonce.as_deref().ok_or_else(|| {
-        StoreError::Invalid("an unknown device must send a random nonce (16-256 characters) to wait for approval".into())
+        StoreError::Invalid(
+            "an unknown device must send a random nonce (16-256 characters) to wait for approval"
+                .into(),
+        )
     })?;
     check_secret_shape("nonce", nonce)?;
-    let device_type = request
-        .device_type
-        .clone()
-        .ok_or_else(|| StoreError::Invalid("device_type is required to enrol without a claim token".into()))?;
+    let device_type = request.device_type.clone().ok_or_else(|| {
+        StoreError::Invalid("device_type is required to enrol without a claim token".into())
+    })?;
     let device = Device {
-        id: request
-            .device_id
-            .clone()
-            .unwrap_or_else(|| DeviceId::parse(&secret::short_id("dev-")).expect("generated ids are valid")),
+        id: request.device_id.clone().unwrap_or_else(|| {
+            DeviceId::parse(&secret::short_id("dev-")).expect("generated ids are valid")
+        }),
         device_type,
         hw_id: Some(request.hardware_id.clone()),
         hw_rev: request.hw_rev.clone(),
@@ -395,5 +505,8 @@ async fn enroll_pending<D: Db>(db: &mut D, request: &ProvisionRequest, now: Time
         now,
     )
     .await?;
-    Ok(ProvisionOutcome { device, credential: None })
+    Ok(ProvisionOutcome {
+        device,
+        credential: None,
+    })
 }

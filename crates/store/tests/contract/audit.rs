@@ -231,7 +231,13 @@ contract_tests! {
 
 /// Every entry matching `filter` on one page.
 async fn list(store: &Store, filter: AuditFilter) -> Vec<AuditEntry> {
-    let page = store.list_audit(AuditFilter { limit: 1000, ..filter }).await.unwrap();
+    let page = store
+        .list_audit(AuditFilter {
+            limit: 1000,
+            ..filter
+        })
+        .await
+        .unwrap();
     assert_eq!(page.next_cursor, None);
     page.items
 }
@@ -241,7 +247,11 @@ fn summary(entries: &[AuditEntry]) -> Vec<String> {
     entries
         .iter()
         .map(|e| {
-            let target = if e.target_kind == "token" { "t" } else { e.target_id.as_str() };
+            let target = if e.target_kind == "token" {
+                "t"
+            } else {
+                e.target_id.as_str()
+            };
             format!("{} {target}", e.action)
         })
         .collect()

@@ -2,7 +2,9 @@
 //! rows or none.
 
 use drover_core::{DeviceStatus, Timestamp};
-use drover_proto::devices::{DevicePatch, DeviceSort, ImportResult, NewDevice, OnConflict, SortOrder};
+use drover_proto::devices::{
+    DevicePatch, DeviceSort, ImportResult, NewDevice, OnConflict, SortOrder,
+};
 use drover_store::{ImportMsg, ImportRow, Store, StoreError};
 
 use crate::support::*;
@@ -304,7 +306,9 @@ async fn import(
             End::DropSender => drop(tx),
         }
     });
-    let result = store.import_devices(&operator(), on_conflict, rx, now).await;
+    let result = store
+        .import_devices(&operator(), on_conflict, rx, now)
+        .await;
     producer.await.unwrap();
     result
 }

@@ -273,7 +273,10 @@ async fn reopening_a_database_is_idempotent(url: String, backend: &'static str) 
         assert_eq!(reopened.schema_version().await.unwrap(), 1);
         reopened.ping().await.unwrap();
         reopened.analyze().await.unwrap();
-        assert_eq!(reopened.get_device(&id("dev-1")).await.unwrap().id, id("dev-1"));
+        assert_eq!(
+            reopened.get_device(&id("dev-1")).await.unwrap().id,
+            id("dev-1")
+        );
         assert_eq!(reopened.count_devices(&query(""), NOW).await.unwrap(), 1);
     }
 }
@@ -294,5 +297,10 @@ mod reopening_the_same_database_is_idempotent {
 
 /// The audit filter selecting one object's history.
 fn audit_filter_for(kind: &str, target: &str) -> AuditFilter {
-    AuditFilter { target_kind: Some(kind.into()), target_id: Some(target.into()), limit: 100, ..AuditFilter::default() }
+    AuditFilter {
+        target_kind: Some(kind.into()),
+        target_id: Some(target.into()),
+        limit: 100,
+        ..AuditFilter::default()
+    }
 }

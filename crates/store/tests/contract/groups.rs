@@ -196,11 +196,21 @@ contract_tests! {
 }
 
 fn static_group(name: &str, parent: Option<&str>) -> NewGroup {
-    NewGroup { name: group(name), query: None, parent: parent.map(group), description: format!("{name} devices") }
+    NewGroup {
+        name: group(name),
+        query: None,
+        parent: parent.map(group),
+        description: format!("{name} devices"),
+    }
 }
 
 fn dynamic_group(name: &str, query: &str) -> NewGroup {
-    NewGroup { name: group(name), query: Some(query.to_owned()), parent: None, description: String::new() }
+    NewGroup {
+        name: group(name),
+        query: Some(query.to_owned()),
+        parent: None,
+        description: String::new(),
+    }
 }
 
 fn ids(items: &[&str]) -> Vec<DeviceId> {
@@ -208,5 +218,10 @@ fn ids(items: &[&str]) -> Vec<DeviceId> {
 }
 
 async fn member_count(store: &Store, name: &str) -> u64 {
-    store.get_group(&group(name), NOW).await.unwrap().member_count.expect("get_group counts members")
+    store
+        .get_group(&group(name), NOW)
+        .await
+        .unwrap()
+        .member_count
+        .expect("get_group counts members")
 }

@@ -13,7 +13,13 @@ use drover_store::{ProvisionOptions, Store, StoreError};
 
 use crate::support::*;
 
-const SORTS: [DeviceSort; 5] = [DeviceSort::Id, DeviceSort::CreatedAt, DeviceSort::UpdatedAt, DeviceSort::LastSeen, DeviceSort::Firmware];
+const SORTS: [DeviceSort; 5] = [
+    DeviceSort::Id,
+    DeviceSort::CreatedAt,
+    DeviceSort::UpdatedAt,
+    DeviceSort::LastSeen,
+    DeviceSort::Firmware,
+];
 const ORDERS: [SortOrder; 2] = [SortOrder::Asc, SortOrder::Desc];
 
 /// Firmware versions in semantic order (with `None` first), deliberately not in text order.
@@ -143,7 +149,10 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
             ..new_device(&device_id)
         };
         // Five devices per creation minute.
-        store.create_device(&operator(), new, at(-1000 + (idx / 5) as i64)).await.unwrap();
+        store
+            .create_device(&operator(), new, at(-1000 + (idx / 5) as i64))
+            .await
+            .unwrap();
         if idx % 3 == 0 {
             // Pre-authorised: provisioning sets last_seen (and updated_at), in ties of three.
             let request = ProvisionRequest {
@@ -156,10 +165,28 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
                 hw_rev: None,
                 firmware: None,
             };
-            store.provision(request, ProvisionOptions::default(), at(-500 + (idx / 9) as i64)).await.unwrap();
+            store
+                .provision(
+                    request,
+                    ProvisionOptions::default(),
+                    at(-500 + (idx / 9) as i64),
+                )
+                .await
+                .unwrap();
         } else if idx % 4 == 1 {
-            let patch = DevicePatch { site: Some(Some(label("edited"))), ..DevicePatch::default() };
-            store.update_device(&operator(), &id(&device_id), patch, at(-200 + (idx % 7) as i64)).await.unwrap();
+            let patch = DevicePatch {
+                site: Some(Some(label("edited"))),
+                ..DevicePatch::default()
+            };
+            store
+                .update_device(
+                    &operator(),
+                    &id(&device_id),
+                    patch,
+                    at(-200 + (idx % 7) as i64),
+                )
+                .await
+                .unwrap();
         }
         created.push(device_id);
     }
@@ -176,7 +203,12 @@ async fn load(store: &Store, ids: &[String]) -> Vec<Device> {
 }
 
 /// The documented order: the sort key, then creation order for ties.
-fn compare(sort: DeviceSort, a: &Device, b: &Device, creation_idx: &HashMap<&str, usize>) -> Ordering {
+fn compare(
+    sort: DeviceSort,
+    a: &Device,
+    b: &Device,
+    creation_idx: &HashMap<&str, usize>,
+) -> Ordering {
     let key = match sort {
         DeviceSort::Id => a.id.as_str().as_bytes().cmp(b.id.as_str().as_bytes()),
         DeviceSort::CreatedAt => a.created_at.cmp(&b.created_at),

@@ -10,7 +10,9 @@ use drover_store::{ProvisionOptions, StoreError};
 
 use crate::support::*;
 
-const PENDING: ProvisionOptions = ProvisionOptions { allow_pending: true };
+const PENDING: ProvisionOptions = ProvisionOptions {
+    allow_pending: true,
+};
 
 contract_tests! {
     /// A claim token creates an active device with the claim's tags and group, counts its uses and
@@ -276,7 +278,12 @@ contract_tests! {
     }
 }
 
-fn new_claim(name: &str, device_type_scope: Option<&str>, max_uses: Option<u64>, expires_in: &str) -> NewClaim {
+fn new_claim(
+    name: &str,
+    device_type_scope: Option<&str>,
+    max_uses: Option<u64>,
+    expires_in: &str,
+) -> NewClaim {
     NewClaim {
         name: name.to_owned(),
         device_type: device_type_scope.map(device_type),
@@ -301,9 +308,16 @@ fn by_hardware_id(hardware_id: &str) -> ProvisionRequest {
 }
 
 fn with_claim(hardware_id: &str, token: &str) -> ProvisionRequest {
-    ProvisionRequest { claim_token: Some(token.to_owned()), ..by_hardware_id(hardware_id) }
+    ProvisionRequest {
+        claim_token: Some(token.to_owned()),
+        ..by_hardware_id(hardware_id)
+    }
 }
 
 fn enrol(hardware_id: &str, nonce: Option<&str>) -> ProvisionRequest {
-    ProvisionRequest { nonce: nonce.map(str::to_owned), device_type: Some(device_type("gateway")), ..by_hardware_id(hardware_id) }
+    ProvisionRequest {
+        nonce: nonce.map(str::to_owned),
+        device_type: Some(device_type("gateway")),
+        ..by_hardware_id(hardware_id)
+    }
 }

@@ -257,8 +257,16 @@ enum Origin {
 async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
     let mut rng = Rng(0x5EED_D40E_u64);
     for name in ["canary", "berlin", "beta"] {
-        let new = NewGroup { name: group(name), query: None, parent: None, description: String::new() };
-        store.create_group(&operator(), new, at(-1000)).await.unwrap();
+        let new = NewGroup {
+            name: group(name),
+            query: None,
+            parent: None,
+            description: String::new(),
+        };
+        store
+            .create_group(&operator(), new, at(-1000))
+            .await
+            .unwrap();
     }
     let mut members: BTreeMap<&str, Vec<drover_core::DeviceId>> = BTreeMap::new();
     let mut fleet = Vec::with_capacity(n);
@@ -274,7 +282,10 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
             Origin::Pending,
             Origin::Rejected,
         ]);
-        let needs_hw = matches!(origin, Origin::Preauthorised | Origin::Provisioned | Origin::Pending | Origin::Rejected);
+        let needs_hw = matches!(
+            origin,
+            Origin::Preauthorised | Origin::Provisioned | Origin::Pending | Origin::Rejected
+        );
         let hw_id = match rng.below(5) {
             0 if !needs_hw => None,
             0 | 1 => Some(format!("SN-{idx}")),
@@ -284,19 +295,47 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
         };
         let created = at(-(rng.below(180) as i64));
         let firmware = rng.pick(&FIRMWARE).map(version);
-        let device_type = device_type(rng.pick(&["thermostat", "meter", "gateway-v2", "gateway-v10"]));
+        let device_type =
+            device_type(rng.pick(&["thermostat", "meter", "gateway-v2", "gateway-v10"]));
 
         let mut attributes = DevicePatch {
-            hw_rev: Some(rng.pick(&[None, Some("rev1"), Some("rev2"), Some("rev2.1"), Some("rev_3"), Some("rev%4"), Some("REV2")]).map(label)),
+            hw_rev: Some(
+                rng.pick(&[
+                    None,
+                    Some("rev1"),
+                    Some("rev2"),
+                    Some("rev2.1"),
+                    Some("rev_3"),
+                    Some("rev%4"),
+                    Some("REV2"),
+                ])
+                .map(label),
+            ),
             site: Some(rng.pick(&SITES).map(label)),
-            region: Some(rng.pick(&[None, Some("eu"), Some("us"), Some("ap")]).map(label)),
+            region: Some(
+                rng.pick(&[None, Some("eu"), Some("us"), Some("ap")])
+                    .map(label),
+            ),
             ..DevicePatch::default()
         };
         let mut tag_pairs: Vec<(&str, &str)> = Vec::new();
-        if let Some(env) = rng.pick(&[None, Some("prod"), Some("prod"), Some("staging"), Some("dev"), Some("")]) {
+        if let Some(env) = rng.pick(&[
+            None,
+            Some("prod"),
+            Some("prod"),
+            Some("staging"),
+            Some("dev"),
+            Some(""),
+        ]) {
             tag_pairs.push(("env", env));
         }
-        if let Some(owner) = rng.pick(&[None, Some("team a"), Some("team_b"), Some("team%c"), Some("TEAM A")]) {
+        if let Some(owner) = rng.pick(&[
+            None,
+            Some("team a"),
+            Some("team_b"),
+            Some("team%c"),
+            Some("TEAM A"),
+        ]) {
             tag_pairs.push(("owner", owner));
         }
         if let Some(ring) = rng.pick(&[None, None, Some("1"), Some("2"), Some("10")]) {
@@ -308,11 +347,16 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
         let device_tags = tags(&tag_pairs);
 
         match origin {
-            Origin::Registered | Origin::Decommissioned | Origin::Preauthorised | Origin::Provisioned => {
+            Origin::Registered
+            | Origin::Decommissioned
+            | Origin::Preauthorised
+            | Origin::Provisioned => {
                 let status = match origin {
-                    Origin::Registered | Origin::Decommissioned => {
-                        Some(rng.pick(&[DeviceStatus::Active, DeviceStatus::Inactive, DeviceStatus::Error]))
-                    }
+                    Origin::Registered | Origin::Decommissioned => Some(rng.pick(&[
+                        DeviceStatus::Active,
+                        DeviceStatus::Inactive,
+                        DeviceStatus::Error,
+                    ])),
                     _ => None,
                 };
                 let new = NewDevice {
@@ -329,7 +373,10 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
                     preauth_secret: None,
                     issue_credential: false,
                 };
-                store.create_device(&operator(), new, created).await.unwrap();
+                store
+                    .create_device(&operator(), new, created)
+                    .await
+                    .unwrap();
             }
             Origin::Pending | Origin::Rejected => {
                 let request = ProvisionRequest {
@@ -342,14 +389,28 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
                     hw_rev: None,
                     firmware: firmware.clone(),
                 };
-                store.provision(request, ProvisionOptions { allow_pending: true }, created).await.unwrap();
+                store
+                    .provision(
+                        request,
+                        ProvisionOptions {
+                            allow_pending: true,
+                        },
+                        created,
+                    )
+                    .await
+                    .unwrap();
                 // Enrolment sets no site or tags; an operator may add them while it waits.
                 attributes.tags = device_tags.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                store.update_device(&operator(), &id(&device_id), attributes, created).await.unwrap();
+                store
+                    .update_device(&operator(), &id(&device_id), attributes, created)
+                    .await
+                    .unwrap();
             }
         }
 
-        let later = |rng: &mut Rng| at((created.as_millis() - NOW.as_millis()) / MINUTE + rng.below(60) as i64).min(NOW);
+        let later = |rng: &mut Rng| {
+            at((created.as_millis() - NOW.as_millis()) / MINUTE + rng.below(60) as i64).min(NOW)
+        };
         match origin {
             Origin::Provisioned => {
                 let request = ProvisionRequest {
@@ -362,21 +423,42 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
                     hw_rev: None,
                     firmware: None,
                 };
-                store.provision(request, ProvisionOptions::default(), later(&mut rng)).await.unwrap();
+                store
+                    .provision(request, ProvisionOptions::default(), later(&mut rng))
+                    .await
+                    .unwrap();
                 if rng.chance(30) {
-                    let patch = DevicePatch { status: Some(rng.pick(&[DeviceStatus::Inactive, DeviceStatus::Error])), ..DevicePatch::default() };
-                    store.update_device(&operator(), &id(&device_id), patch, later(&mut rng)).await.unwrap();
+                    let patch = DevicePatch {
+                        status: Some(rng.pick(&[DeviceStatus::Inactive, DeviceStatus::Error])),
+                        ..DevicePatch::default()
+                    };
+                    store
+                        .update_device(&operator(), &id(&device_id), patch, later(&mut rng))
+                        .await
+                        .unwrap();
                 }
             }
             Origin::Decommissioned => {
-                store.decommission_device(&operator(), &id(&device_id), later(&mut rng)).await.unwrap();
+                store
+                    .decommission_device(&operator(), &id(&device_id), later(&mut rng))
+                    .await
+                    .unwrap();
             }
             Origin::Rejected => {
-                store.reject_device(&operator(), &id(&device_id), later(&mut rng)).await.unwrap();
+                store
+                    .reject_device(&operator(), &id(&device_id), later(&mut rng))
+                    .await
+                    .unwrap();
             }
             Origin::Registered if rng.chance(30) => {
-                let patch = DevicePatch { tags: tag_patch(&[("edited", Some("yes"))]), ..DevicePatch::default() };
-                store.update_device(&operator(), &id(&device_id), patch, later(&mut rng)).await.unwrap();
+                let patch = DevicePatch {
+                    tags: tag_patch(&[("edited", Some("yes"))]),
+                    ..DevicePatch::default()
+                };
+                store
+                    .update_device(&operator(), &id(&device_id), patch, later(&mut rng))
+                    .await
+                    .unwrap();
             }
             _ => {}
         }
@@ -389,7 +471,10 @@ async fn create_fleet(store: &Store, n: usize) -> Vec<String> {
         fleet.push(device_id);
     }
     for (name, ids) in members {
-        store.add_group_members(&operator(), &group(name), ids, at(0)).await.unwrap();
+        store
+            .add_group_members(&operator(), &group(name), ids, at(0))
+            .await
+            .unwrap();
     }
     fleet
 }

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use drover_core::query::Query;
-use drover_core::{Device, DeviceId, DeviceType, GroupName, HardwareId, Label, TagKey, TagValue, Timestamp, Version};
+use drover_core::{
+    Device, DeviceId, DeviceType, GroupName, HardwareId, Label, TagKey, TagValue, Timestamp,
+    Version,
+};
 use drover_proto::devices::{DeviceSort, NewDevice, SortOrder};
 use drover_store::testing::TestDb;
 use drover_store::{Actor, Store, StoreOptions};
@@ -59,7 +62,9 @@ where
         eprintln!("skipped: set DROVER_TEST_PG=postgres://… to run the PostgreSQL contract tests");
         return;
     };
-    let outcome = AssertUnwindSafe(scenario(db.url.clone())).catch_unwind().await;
+    let outcome = AssertUnwindSafe(scenario(db.url.clone()))
+        .catch_unwind()
+        .await;
     db.cleanup().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -68,9 +73,14 @@ where
 
 /// Opens (and migrates) the store at `url`, checking it picked the expected backend.
 pub async fn open(url: &str, backend: &str) -> Store {
-    let store = Store::open(url, &StoreOptions { pg_max_connections: 4 })
-        .await
-        .unwrap_or_else(|e| panic!("open {backend} store: {e}"));
+    let store = Store::open(
+        url,
+        &StoreOptions {
+            pg_max_connections: 4,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("open {backend} store: {e}"));
     assert_eq!(store.backend_name(), backend);
     store
 }
@@ -107,12 +117,23 @@ pub fn query(text: &str) -> Query {
 
 /// A tag map from pairs.
 pub fn tags(pairs: &[(&str, &str)]) -> BTreeMap<TagKey, TagValue> {
-    pairs.iter().map(|(k, v)| (TagKey::parse(k).unwrap(), TagValue::parse(v).unwrap())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (TagKey::parse(k).unwrap(), TagValue::parse(v).unwrap()))
+        .collect()
 }
 
 /// A tag patch: `Some` sets a key, `None` removes it.
 pub fn tag_patch(pairs: &[(&str, Option<&str>)]) -> BTreeMap<TagKey, Option<TagValue>> {
-    pairs.iter().map(|(k, v)| (TagKey::parse(k).unwrap(), v.map(|v| TagValue::parse(v).unwrap()))).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                TagKey::parse(k).unwrap(),
+                v.map(|v| TagValue::parse(v).unwrap()),
+            )
+        })
+        .collect()
 }
 
 /// The operator every scenario acts as unless it says otherwise.
@@ -140,7 +161,10 @@ pub fn new_device(device_id: &str) -> NewDevice {
 
 /// Creates an `active` device with default attributes.
 pub async fn create_active(store: &Store, device_id: &str, now: Timestamp) -> Device {
-    let new = NewDevice { status: Some(drover_core::DeviceStatus::Active), ..new_device(device_id) };
+    let new = NewDevice {
+        status: Some(drover_core::DeviceStatus::Active),
+        ..new_device(device_id)
+    };
     store.create_device(&operator(), new, now).await.unwrap().0
 }
 
@@ -175,7 +199,15 @@ pub async fn list_all(
 
 /// Ids of every device matching `query`, sorted by id.
 pub async fn ids_matching(store: &Store, text: &str) -> Vec<String> {
-    let (devices, _) = list_all(store, &query(text), DeviceSort::Id, SortOrder::Asc, 1000, NOW).await;
+    let (devices, _) = list_all(
+        store,
+        &query(text),
+        DeviceSort::Id,
+        SortOrder::Asc,
+        1000,
+        NOW,
+    )
+    .await;
     devices.into_iter().map(|d| d.id.into_string()).collect()
 }
 

@@ -1,0 +1,328 @@
+//! `drover bench`: reproducible benchmarks of a real server. `drover bench registry` starts a server
+//! on a fresh store, imports a synthetic fleet over HTTP, and times fleet queries, counts and
+//! dynamic-group counts, beside an anchor (a plain full-table count) measured in the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use drover_server::ServerConfig;
+use drover_store::testing::TempDir;
+use serde_json::Value;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Import a synthetic fleet and time queries, counts and dynamic groups.
+    Registry(RegistryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Fleet size.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub devices: u64,
+    /// Store URL (default: SQLite in a temporary directory). For PostgreSQL use an empty database
+    /// or schema, e.g. postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3Dbench.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Timed repetitions of each query (the median and 95th percentile are reported).
+    #[arg(long, default_value_t = 21)]
+    pub runs: usize,
+    /// Seed of the synthetic fleet.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// The query from the registry issue: selective on tags, semantic version, hardware revision,
+/// recency and a negated glob.
+pub const EXAMPLE_QUERY: &str = r#"tags.env = prod AND firmware < 2.3.0 AND hw_rev IN (rev2, "rev2.1") AND last_seen < now-10m AND NOT site ~ "berlin-*""#;
+
+const BENCH_TOKEN: &str = "drv_bench_admin_token_0000000000";
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Registry(args) => registry(args).await,
+    }
+}
+
+async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
+    let dir = TempDir::new();
+    let mut config = ServerConfig::with_data_dir(&dir.path);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.admin_token = Some(BENCH_TOKEN.into());
+    if let Some(store) = &args.store {
+        config.store_url = store.clone();
+    }
+    let server = drover_server::start(config, std::future::pending()).await?;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .build()?;
+    let n_existing = count(&http, &base, "").await?;
+    if n_existing != 0 {
+        bail!("the store already holds {n_existing} devices; benchmark on an empty store");
+    }
+    println!(
+        "# drover bench registry: {} devices on {}",
+        args.devices,
+        server.store.backend_name()
+    );
+
+    let started = Instant::now();
+    let fleet = Fleet {
+        seed: args.seed,
+        n: args.devices,
+        now_ms: drover_server::now().as_millis(),
+    };
+    let body = reqwest::Body::wrap_stream(futures::stream::iter((0..fleet.n).step_by(10_000).map(
+        move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(fleet.n))),
+    )));
+    let response = http
+        .post(format!("{base}/api/v1/devices/import"))
+        .bearer_auth(BENCH_TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let result: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("import failed: {status} {result}");
+    }
+    let import_time = started.elapsed();
+    println!(
+        "import: {} devices in {:.1} s ({:.0} devices/s)",
+        result["created"],
+        import_time.as_secs_f64(),
+        args.devices as f64 / import_time.as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    let anchor = time(args.runs, || count(&http, &base, "")).await?;
+    rows.push((
+        "anchor: count all devices (full scan)".to_owned(),
+        anchor.0,
+        anchor.1,
+        anchor.2,
+    ));
+    let first_page = time(args.runs, || page(&http, &base, EXAMPLE_QUERY)).await?;
+    rows.push((
+        "example query, first page of 100".to_owned(),
+        first_page.0,
+        first_page.1,
+        first_page.2,
+    ));
+    let counted = time(args.runs, || count(&http, &base, EXAMPLE_QUERY)).await?;
+    rows.push((
+        "example query, count".to_owned(),
+        counted.0,
+        counted.1,
+        counted.2,
+    ));
+    for (name, query) in [
+        ("canary-candidates", EXAMPLE_QUERY),
+        ("eu-active", "region = eu-central AND status = active"),
+        ("old-rev1", "hw_rev = rev1 AND firmware < 2.2.0"),
+    ] {
+        let response = http
+            .post(format!("{base}/api/v1/groups"))
+            .bearer_auth(BENCH_TOKEN)
+            .json(&serde_json::json!({ "name": name, "query": query }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("cannot create group {name}: {}", response.text().await?);
+        }
+        let timed = time(args.runs, || group_count(&http, &base, name)).await?;
+        rows.push((
+            format!("dynamic group `{query}` member count"),
+            timed.0,
+            timed.1,
+            timed.2,
+        ));
+    }
+    println!();
+    println!("| measurement | median ms | p95 ms | result | ratio to anchor |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, median, p95, result) in &rows {
+        println!(
+            "| {name} | {:.1} | {:.1} | {result} | {:.2} |",
+            ms(*median),
+            ms(*p95),
+            median.as_secs_f64() / anchor.0.as_secs_f64()
+        );
+    }
+    server.shutdown().await?;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs `op` `runs` times (after one warm-up); returns median, 95th percentile and the last result.
+async fn time<F, Fut>(runs: usize, mut op: F) -> anyhow::Result<(Duration, Duration, u64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut result = op().await?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        result = op().await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    let p95 = times[((times.len() as f64 * 0.95).ceil() as usize)
+        .saturating_sub(1)
+        .min(times.len() - 1)];
+    Ok((median, p95, result))
+}
+
+async fn get(http: &reqwest::Client, url: String, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+    let response = http
+        .get(url)
+        .bearer_auth(BENCH_TOKEN)
+        .query(query)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await.context("response is not JSON")?;
+    if !status.is_success() {
+        bail!("{status}: {body}");
+    }
+    Ok(body)
+}
+
+async fn count(http: &reqwest::Client, base: &str, q: &str) -> anyhow::Result<u64> {
+    let body = get(http, format!("{base}/api/v1/devices/count"), &[("q", q)]).await?;
+    Ok(body["count"].as_u64().unwrap_or_default())
+}
+
+async fn page(http: &reqwest::Client, base: &str, q: &str) -> anyhow::Result<u64> {
+    let body = get(
+        http,
+        format!("{base}/api/v1/devices"),
+        &[("q", q), ("limit", "100")],
+    )
+    .await?;
+    Ok(body["items"].as_array().map_or(0, |a| a.len() as u64))
+}
+
+async fn group_count(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<u64> {
+    let body = get(http, format!("{base}/api/v1/groups/{name}"), &[]).await?;
+    Ok(body["member_count"].as_u64().unwrap_or_default())
+}
+
+/// A deterministic synthetic fleet with realistic skew: most devices in production, a long tail of
+/// firmware versions, a few percent offline, sites spread over regions.
+#[derive(Clone, Copy)]
+struct Fleet {
+    seed: u64,
+    n: u64,
+    now_ms: i64,
+}
+
+const TYPES: &[(&str, u64)] = &[
+    ("thermostat", 50),
+    ("gateway", 10),
+    ("meter", 30),
+    ("camera", 10),
+];
+const HW_REVS: &[(&str, u64)] = &[("rev1", 20), ("rev2", 30), ("rev2.1", 15), ("rev3", 35)];
+const FIRMWARE: &[(&str, u64)] = &[
+    ("2.0.0", 3),
+    ("2.1.0", 5),
+    ("2.1.1", 7),
+    ("2.2.0", 15),
+    ("2.2.3", 20),
+    ("2.3.0", 20),
+    ("2.3.1", 15),
+    ("2.10.0", 10),
+    ("3.0.0-rc.1", 5),
+];
+const ENVS: &[(&str, u64)] = &[("prod", 70), ("staging", 20), ("dev", 10)];
+const STATUSES: &[(&str, u64)] = &[
+    ("active", 92),
+    ("inactive", 5),
+    ("error", 2),
+    ("provisioning", 1),
+];
+const CITIES: &[(&str, &str)] = &[
+    ("berlin", "eu-central"),
+    ("munich", "eu-central"),
+    ("paris", "eu-west"),
+    ("lyon", "eu-west"),
+    ("madrid", "eu-west"),
+    ("austin", "us-central"),
+    ("denver", "us-central"),
+    ("tokyo", "ap-northeast"),
+    ("osaka", "ap-northeast"),
+    ("sydney", "ap-southeast"),
+];
+
+impl Fleet {
+    /// JSON lines for devices `from..to`.
+    fn chunk(&self, from: u64, to: u64) -> String {
+        let mut out = String::with_capacity(((to - from) * 330) as usize);
+        for idx in from..to {
+            let mut rng = SplitMix(self.seed ^ idx.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (city, region) = CITIES[rng.below(CITIES.len() as u64) as usize];
+            let site = format!("{city}-{}", rng.below(20));
+            // 8 % of devices have been offline for 10 minutes to 30 days; the rest reported within
+            // the last 5 minutes.
+            let ago_ms = if rng.below(100) < 8 {
+                600_000 + rng.below(30 * 86_400_000) as i64
+            } else {
+                rng.below(300_000) as i64
+            };
+            let last_seen = drover_core::Timestamp::from_millis(self.now_ms - ago_ms);
+            let line = serde_json::json!({
+                "id": format!("dev-{idx:07}"),
+                "device_type": rng.pick(TYPES),
+                "hw_id": format!("SN-{idx:08}"),
+                "hw_rev": rng.pick(HW_REVS),
+                "site": site,
+                "region": region,
+                "status": rng.pick(STATUSES),
+                "firmware": rng.pick(FIRMWARE),
+                "last_seen": last_seen,
+                "tags": { "env": rng.pick(ENVS), "customer": format!("c{:02}", rng.below(50)) },
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick(&mut self, weighted: &[(&'static str, u64)]) -> &'static str {
+        let total: u64 = weighted.iter().map(|(_, w)| w).sum();
+        let mut roll = self.below(total);
+        for (value, weight) in weighted {
+            if roll < *weight {
+                return value;
+            }
+            roll -= weight;
+        }
+        weighted[0].0
+    }
+}

@@ -1,0 +1,656 @@
+//! Black-box tests of the admin CLI: each test starts the real server in-process on port 0 with a
+//! fresh SQLite store, then runs the `drover` binary against it and checks what it prints and its
+//! exit code.
+
+use drover_server::{RunningServer, ServerConfig};
+use drover_store::testing::TempDir;
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "drv_test_admin_token_0123456789";
+
+/// A running server on a fresh store.
+struct TestServer {
+    base: String,
+    server: RunningServer,
+    dir: TempDir,
+}
+
+async fn spawn_server() -> TestServer {
+    let dir = TempDir::new();
+    let mut config = ServerConfig::with_data_dir(&dir.path);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    let server = drover_server::start(config, std::future::pending())
+        .await
+        .expect("server starts");
+    TestServer {
+        base: format!("http://{}", server.addr),
+        server,
+        dir,
+    }
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    fn ok(self) -> String {
+        assert_eq!(self.code, 0, "drover failed: {self:?}");
+        self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    fn json(self) -> Value {
+        let stdout = self.ok();
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}"))
+    }
+}
+
+impl TestServer {
+    /// Runs `drover ARGS` against this server with the admin token.
+    async fn drover(&self, args: &[&str]) -> Run {
+        run_drover(&self.base, Some(ADMIN_TOKEN), args).await
+    }
+
+    /// Runs `drover ARGS` against this server with `token` (or none).
+    async fn drover_as(&self, token: Option<&str>, args: &[&str]) -> Run {
+        run_drover(&self.base, token, args).await
+    }
+
+    /// Writes `text` to a file in the server's temporary directory and returns its path.
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    async fn stop(self) {
+        self.server.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// Runs the binary as a child process; the server keeps serving on the test runtime meanwhile.
+async fn run_drover(server: &str, token: Option<&str>, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_drover"));
+    command
+        .args(args)
+        .env("DROVER_SERVER", server)
+        .env_remove("DROVER_TOKEN")
+        .env_remove("DROVER_CONFIG");
+    if let Some(token) = token {
+        command.env("DROVER_TOKEN", token);
+    }
+    let output = command.output().await.expect("drover runs");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The indented secret line printed under "(shown only this once)".
+fn secret_line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}… line in:\n{stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_tour_provisions_finds_groups_and_audits_a_device_from_the_cli() {
+    let app = spawn_server().await;
+
+    let created = app
+        .drover(&[
+            "claims",
+            "create",
+            "--name",
+            "factory-line-1",
+            "--type",
+            "thermostat",
+            "--tag",
+            "env=prod",
+            "--max-uses",
+            "100",
+        ])
+        .await
+        .ok();
+    assert!(created.contains("shown only this once"), "{created}");
+    assert!(created.contains("curl -X POST"), "{created}");
+    assert!(
+        created.contains(&format!("{}/api/device/v1/provision", app.base)),
+        "{created}"
+    );
+    let claim_token = secret_line(&created, "drv_claim_");
+
+    let provisioned: Value = reqwest::Client::new()
+        .post(format!("{}/api/device/v1/provision", app.base))
+        .json(&json!({
+            "claim_token": claim_token, "hardware_id": "SN-0001", "device_id": "thermo-0001",
+            "hw_rev": "rev2", "firmware": "2.2.0"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(provisioned["status"], "active", "{provisioned}");
+
+    let listed = app
+        .drover(&["devices", "list", "-q", r#"tags.env = prod AND firmware < 2.3.0 AND hw_rev IN (rev2, "rev2.1") AND NOT site ~ "berlin-*""#])
+        .await
+        .ok();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("LAST SEEN"),
+        "{listed}"
+    );
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[1].starts_with("thermo-0001")
+            && lines[1].contains("thermostat")
+            && lines[1].contains("env=prod"),
+        "{listed}"
+    );
+
+    let group = app
+        .drover(&[
+            "groups",
+            "create",
+            "prod-old-firmware",
+            "--query",
+            "tags.env = prod AND firmware < 2.3.0",
+        ])
+        .await
+        .ok();
+    assert_eq!(
+        group,
+        "Created dynamic group prod-old-firmware with 1 member(s).\n"
+    );
+    let members = app
+        .drover(&["groups", "devices", "prod-old-firmware"])
+        .await
+        .ok();
+    assert!(
+        members
+            .lines()
+            .nth(1)
+            .is_some_and(|line| line.starts_with("thermo-0001")),
+        "{members}"
+    );
+
+    let shown = app.drover(&["devices", "show", "thermo-0001"]).await.ok();
+    for expected in [
+        "Status:",
+        "active",
+        "Groups:",
+        "prod-old-firmware",
+        "Tags:",
+        "env=prod",
+        "Firmware:",
+        "2.2.0",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
+
+    // Newer firmware takes the device out of the dynamic group at once.
+    app.drover(&["devices", "update", "thermo-0001", "--firmware", "2.3.0"])
+        .await
+        .ok();
+    let members = app
+        .drover(&["groups", "devices", "prod-old-firmware"])
+        .await;
+    assert_eq!(
+        (members.code, members.stdout.as_str()),
+        (0, ""),
+        "{members:?}"
+    );
+    assert!(members.stderr.contains("no devices"), "{members:?}");
+
+    let audit = app.drover(&["audit"]).await.ok();
+    assert!(audit.starts_with("SEQ"), "{audit}");
+    for (action, target) in [
+        ("claim.create", "claim:clm_"),
+        ("device.provision", "device:thermo-0001"),
+        ("group.create", "group:prod-old-firmware"),
+        ("device.update", "device:thermo-0001"),
+    ] {
+        assert!(
+            audit
+                .lines()
+                .any(|line| line.contains(action) && line.contains(target)),
+            "missing {action} on {target} in:\n{audit}"
+        );
+    }
+    let provisions = app
+        .drover(&["audit", "--action", "device.provision"])
+        .await
+        .ok();
+    assert_eq!(provisions.lines().count(), 2, "{provisions}");
+    assert!(
+        provisions.contains("device:thermo-0001  device.provision"),
+        "{provisions}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_the_servers_json_and_all_follows_every_page() {
+    let app = spawn_server().await;
+    for id in ["a-1", "a-2", "a-3"] {
+        let created = app
+            .drover(&[
+                "--json", "devices", "create", "--type", "meter", "--id", id, "--tag", "env=lab",
+            ])
+            .await
+            .json();
+        assert_eq!(created["device"]["id"], id);
+    }
+
+    let page = app
+        .drover(&["--json", "devices", "list", "--limit", "2"])
+        .await
+        .json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next cursor")
+        .to_owned();
+    let next = app
+        .drover(&[
+            "--json", "devices", "list", "--limit", "2", "--cursor", &cursor,
+        ])
+        .await
+        .json();
+    assert_eq!(next["items"][0]["id"], "a-3");
+
+    let human = app.drover(&["devices", "list", "--limit", "2"]).await;
+    assert_eq!(human.code, 0);
+    assert!(
+        human.stderr.contains(&format!("--cursor {cursor}")),
+        "{human:?}"
+    );
+
+    let all = app
+        .drover(&["--json", "devices", "list", "--all", "--limit", "2"])
+        .await
+        .json();
+    let ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a-1", "a-2", "a-3"]);
+    let table = app
+        .drover(&["devices", "list", "--all", "--limit", "2"])
+        .await
+        .ok();
+    assert_eq!(table.lines().count(), 4, "{table}");
+
+    let none = app
+        .drover(&["--json", "devices", "list", "--all", "-q", "site = nowhere"])
+        .await
+        .json();
+    assert_eq!(none, json!([]));
+    assert_eq!(
+        app.drover(&["--json", "devices", "count", "-q", "tags.env = lab"])
+            .await
+            .json(),
+        json!({ "count": 3 })
+    );
+    assert_eq!(app.drover(&["devices", "count"]).await.ok(), "3\n");
+
+    let updated = app
+        .drover(&[
+            "--json", "devices", "update", "a-1", "--site", "berlin-1", "--untag", "env",
+        ])
+        .await
+        .json();
+    assert_eq!(updated["site"], "berlin-1");
+    assert_eq!(updated["tags"], json!({}));
+    let bulk = app
+        .drover(&[
+            "--json",
+            "devices",
+            "bulk-update",
+            "-q",
+            "tags.env = lab",
+            "--tag",
+            "tier=2",
+        ])
+        .await
+        .json();
+    assert_eq!(bulk, json!({ "matched": 2, "updated": 2 }));
+
+    let group = app
+        .drover(&[
+            "--json",
+            "groups",
+            "create",
+            "pilot",
+            "--description",
+            "first units",
+        ])
+        .await
+        .json();
+    assert_eq!(group["kind"], "static");
+    assert_eq!(
+        app.drover(&["groups", "add", "pilot", "a-1", "a-2"])
+            .await
+            .ok(),
+        "Added 2 device(s) to group pilot.\n"
+    );
+    assert_eq!(
+        app.drover(&["--json", "devices", "groups", "a-1"])
+            .await
+            .json(),
+        json!({ "groups": ["pilot"] })
+    );
+    let groups = app.drover(&["--json", "groups", "list"]).await.json();
+    assert_eq!(groups[0]["name"], "pilot");
+    let pilot = app
+        .drover(&["--json", "groups", "show", "pilot"])
+        .await
+        .json();
+    assert_eq!(pilot["member_count"], 2);
+
+    let whoami = app.drover(&["--json", "whoami"]).await.json();
+    assert_eq!(whoami["role"], "admin");
+    let audit = app
+        .drover(&[
+            "--json",
+            "audit",
+            "--all",
+            "--limit",
+            "2",
+            "--target-kind",
+            "device",
+        ])
+        .await
+        .json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "device.update",
+            "device.create",
+            "device.create",
+            "device.create"
+        ],
+        "newest first, over two pages"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_with_a_bad_line_exits_2_names_the_line_and_writes_nothing() {
+    let app = spawn_server().await;
+    let bad = app.file(
+        "fleet.csv",
+        "id,device_type,site,tags.env\nm-1,meter,berlin-1,prod\nm-2,meter,berlin-1,prod\nm-3,not a type,berlin-2,prod\n",
+    );
+    let run = app.drover(&["devices", "import", &bad]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let first = run.stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with("error: ") && first.contains("nothing was written"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .any(|line| line.trim_start().starts_with("line 4:")),
+        "{run:?}"
+    );
+    assert_eq!(app.drover(&["devices", "count"]).await.ok(), "0\n");
+
+    let good = app.file(
+        "fleet-good.csv",
+        "id,device_type,site,tags.env\nm-1,meter,berlin-1,prod\nm-2,meter,berlin-1,prod\n",
+    );
+    assert_eq!(
+        app.drover(&["devices", "import", &good]).await.ok(),
+        "Imported: 2 created, 0 updated, 0 skipped.\n"
+    );
+    let again = app.drover(&["devices", "import", &good]).await;
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("line 2: device \"m-1\" already exists"),
+        "{again:?}"
+    );
+    let skipped = app
+        .drover(&[
+            "--json",
+            "devices",
+            "import",
+            &good,
+            "--on-conflict",
+            "skip",
+        ])
+        .await
+        .json();
+    assert_eq!(skipped, json!({ "created": 0, "updated": 0, "skipped": 2 }));
+
+    let lines = app.file(
+        "more.data",
+        "{\"id\": \"m-9\", \"device_type\": \"meter\", \"tags\": {\"env\": \"dev\"}}\n",
+    );
+    let unknown = app.drover(&["devices", "import", &lines]).await;
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("--format"), "{unknown:?}");
+    app.drover(&["devices", "import", &lines, "--format", "jsonl"])
+        .await
+        .ok();
+    assert_eq!(
+        app.drover(&["devices", "count", "-q", "tags.env = dev"])
+            .await
+            .ok(),
+        "1\n"
+    );
+
+    let missing = app
+        .drover(&["devices", "import", "/nonexistent/fleet.csv"])
+        .await;
+    assert_eq!(missing.code, 2, "{missing:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_errors_print_a_caret_under_the_column_and_exit_2() {
+    let app = spawn_server().await;
+    assert_eq!(
+        app.drover(&["query", "check", "tags.env=prod and firmware<2.3"])
+            .await
+            .ok(),
+        "tags.env = prod AND firmware < 2.3.0\n"
+    );
+
+    let run = app.drover(&["query", "check", "site = berlin AND"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(lines[0].starts_with("error: "), "{run:?}");
+    assert_eq!(lines[1].trim(), "site = berlin AND", "{run:?}");
+    assert_eq!(lines[2].trim_start(), "^", "{run:?}");
+    assert_eq!(
+        lines[2].find('^'),
+        Some(lines[1].len()),
+        "the caret points just past the dangling AND: {run:?}"
+    );
+
+    let list = app.drover(&["devices", "list", "-q", "firmware <"]).await;
+    assert_eq!(list.code, 2, "{list:?}");
+    assert!(list.stderr.contains('^'), "{list:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_map_to_their_documented_exit_codes() {
+    let app = spawn_server().await;
+
+    let unknown = app.drover(&["devices", "show", "no-such-device"]).await;
+    assert_eq!(unknown.code, 4, "{unknown:?}");
+    assert!(
+        unknown.stderr.starts_with("error: ") && unknown.stderr.contains("no-such-device"),
+        "{unknown:?}"
+    );
+
+    let no_token = app.drover_as(None, &["devices", "list"]).await;
+    assert_eq!(no_token.code, 3, "{no_token:?}");
+    assert_eq!(
+        no_token.stderr,
+        "error: no API token: set DROVER_TOKEN or pass --token\n"
+    );
+    let wrong_token = app
+        .drover_as(Some("drv_op_not_a_real_token_at_all"), &["whoami"])
+        .await;
+    assert_eq!(wrong_token.code, 3, "{wrong_token:?}");
+
+    let viewer = app
+        .drover(&[
+            "--json",
+            "tokens",
+            "create",
+            "--name",
+            "dashboard",
+            "--role",
+            "viewer",
+        ])
+        .await
+        .json();
+    let viewer_secret = viewer["secret"].as_str().unwrap();
+    let listed = app
+        .drover_as(Some(viewer_secret), &["devices", "list"])
+        .await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let denied = app
+        .drover_as(
+            Some(viewer_secret),
+            &["devices", "create", "--type", "meter"],
+        )
+        .await;
+    assert_eq!(denied.code, 3, "{denied:?}");
+    assert!(denied.stderr.contains("operator"), "{denied:?}");
+
+    app.drover(&["devices", "create", "--type", "meter", "--id", "dup-1"])
+        .await
+        .ok();
+    let duplicate = app
+        .drover(&["devices", "create", "--type", "meter", "--id", "dup-1"])
+        .await;
+    assert_eq!(duplicate.code, 5, "{duplicate:?}");
+
+    let bad_tag = app
+        .drover(&["devices", "create", "--type", "meter", "--tag", "novalue"])
+        .await;
+    assert_eq!(bad_tag.code, 2, "{bad_tag:?}");
+    assert!(bad_tag.stderr.contains("KEY=VALUE"), "{bad_tag:?}");
+    let bad_status = app
+        .drover(&["devices", "update", "dup-1", "--status", "decommissioned"])
+        .await;
+    assert_eq!(bad_status.code, 2, "{bad_status:?}");
+    let nothing = app.drover(&["devices", "update", "dup-1"]).await;
+    assert_eq!(nothing.code, 2, "{nothing:?}");
+    assert!(nothing.stderr.contains("nothing to change"), "{nothing:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_exits_6_and_names_the_url() {
+    // Bind a port and release it so that nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+
+    let run = run_drover(&url, Some(ADMIN_TOKEN), &["devices", "list"]).await;
+    assert_eq!(run.code, 6, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&url) && run.stderr.contains("`drover serve` may not be running"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_secrets_are_printed_once_and_work() {
+    let app = spawn_server().await;
+    let created = app
+        .drover(&[
+            "devices",
+            "create",
+            "--type",
+            "meter",
+            "--id",
+            "hand-1",
+            "--issue-credential",
+        ])
+        .await
+        .ok();
+    let credential = secret_line(&created, "drv_dev_");
+    let me: Value = reqwest::Client::new()
+        .get(format!("{}/api/device/v1/whoami", app.base))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["device_id"], "hand-1");
+
+    let token = app
+        .drover(&[
+            "tokens",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "operator",
+            "--expires-in",
+            "30d",
+        ])
+        .await
+        .ok();
+    let secret = secret_line(&token, "drv_op_");
+    assert!(
+        token.contains(&format!("export DROVER_TOKEN={secret}")),
+        "{token}"
+    );
+    let whoami = app.drover_as(Some(secret), &["whoami"]).await.ok();
+    assert!(
+        whoami.contains("operator") && whoami.contains("ci"),
+        "{whoami}"
+    );
+
+    let tokens = app.drover(&["tokens", "list"]).await.ok();
+    assert!(
+        tokens
+            .lines()
+            .any(|line| line.contains(" ci ") && line.contains("operator")),
+        "{tokens}"
+    );
+    assert!(
+        !tokens.contains(secret),
+        "secrets are never listed: {tokens}"
+    );
+    app.stop().await;
+}
