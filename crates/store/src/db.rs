@@ -134,6 +134,14 @@ pub trait Db {
             .ok_or_else(|| StoreError::Corrupt(format!("expected one row from: {sql}")))
     }
 
+    /// Runs a fleet-query statement. PostgreSQL switches a reused prepared statement to a generic
+    /// plan after five runs, and a generic plan ignores the bound values; fleet data is skewed (one
+    /// tag value on 70% of devices, another on 2%), so such a plan can be ten times slower. Backends
+    /// override this to plan every execution with its values.
+    async fn query_adhoc(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.query(sql, params).await
+    }
+
     /// Runs `first`, giving up after `budget` to run `fallback` instead (same parameters, same
     /// result). Backends that cannot interrupt a statement run `fallback` directly.
     async fn query_with_fallback(

@@ -100,6 +100,15 @@ impl Db for PgConn<'_> {
         rows.iter().map(convert_row).collect()
     }
 
+    async fn query_adhoc(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        // A statement prepared for this one execution is planned with its actual values.
+        let stmt = self.tx.prepare(sql).await.map_err(StoreError::pg)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self.tx.query(&stmt, &refs).await.map_err(StoreError::pg)?;
+        rows.iter().map(convert_row).collect()
+    }
+
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let client = self.tx;
         let stmt = client.prepare_cached(sql).await.map_err(StoreError::pg)?;

@@ -103,12 +103,14 @@ impl<'a> Lexer<'a> {
                     format!("unexpected character '{c}'; combine conditions with AND, OR and NOT"),
                 ))
             }
-            other => return Err(QueryError::new(
-                column,
-                format!(
+            other => {
+                return Err(QueryError::new(
+                    column,
+                    format!(
                     "unexpected character {other:?}; quote values that contain it, e.g. \"a b\""
                 ),
-            )),
+                ))
+            }
         };
         Ok(Token { kind, column })
     }
@@ -150,6 +152,14 @@ impl<'a> Lexer<'a> {
                         ))
                     }
                 },
+                // Control characters (NUL above all, which PostgreSQL text cannot hold) never
+                // belong in device attributes, so a query containing one is a mistake.
+                c if c.is_control() => {
+                    return Err(QueryError::new(
+                        column,
+                        format!("control character {c:?} is not allowed in a string"),
+                    ))
+                }
                 c => text.push(c),
             }
         }
@@ -276,6 +286,11 @@ mod tests {
                 "a = b && c",
                 7,
                 "unexpected character '&'; combine conditions with AND, OR and NOT",
+            ),
+            (
+                "site = \"a\u{0}b\"",
+                10,
+                "control character '\\0' is not allowed in a string",
             ),
             (
                 "site = \"abc",

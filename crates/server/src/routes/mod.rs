@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(reject_nul))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -105,6 +106,21 @@ pub async fn check_query(
     Ok(Json(QueryCheck {
         canonical: query.to_string(),
     }))
+}
+
+/// Refuses URLs carrying an encoded NUL character: no identifier or filter may contain one, and
+/// PostgreSQL text cannot store one, so it would otherwise surface as a database error.
+async fn reject_nul(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = request.uri();
+    let has_nul = |text: &str| text.to_ascii_lowercase().contains("%00");
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return ApiError::bad_request("the URL contains a NUL character (%00)").into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

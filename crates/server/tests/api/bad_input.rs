@@ -78,6 +78,13 @@ api_tests! {
         let (status, body) = app.get_with("/api/v1/devices", &[("colour", "red")]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(message(&body).contains("unknown field"), "{body}");
+        for path in ["/api/v1/claims/clm%00x", "/api/v1/audit?actor=a%00b", "/api/v1/devices?q=site%20%3D%20%22a%00b%22"] {
+            let (status, body) = app.get(path).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        }
+        let (status, body) = app.post("/api/v1/groups", json!({ "name": "nul", "query": "site = \"a\u{0}b\"" })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(message(&body).contains("control character"), "{body}");
         let (status, _) = app.get("/api/v1/nothing-here").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _) = app.send(Method::PUT, "/api/v1/devices", Some(ADMIN_TOKEN), None).await;
@@ -139,7 +146,9 @@ api_tests! {
     }
 
     async fn oversized_bodies_are_refused_with_413(app) {
-        let big = json!({ "device_type": "t", "tags": { "blob": "x".repeat(2 << 20) } });
+        // Just over the 1 MiB limit: small enough that the whole request sits in the socket
+        // buffers, so the client always reads the early 413 instead of failing mid-upload.
+        let big = json!({ "device_type": "t", "tags": { "blob": "x".repeat((1 << 20) + 1024) } });
         let (status, body) = app.post("/api/v1/devices", big).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
         assert_eq!(app.count("").await, 0);

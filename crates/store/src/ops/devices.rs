@@ -696,7 +696,7 @@ pub async fn list<D: Db>(
             db.query_with_fallback(&walk, &sql, &params, PAGE_WALK_BUDGET)
                 .await?
         }
-        Dialect::Postgres => db.query(&sql, &params).await?,
+        Dialect::Postgres => db.query_adhoc(&sql, &params).await?,
     };
     let more = rows.len() > limit;
     let mut devices = rows
@@ -725,7 +725,12 @@ pub async fn count<D: Db>(db: &mut D, query: &Query, now: Timestamp) -> Result<u
         "SELECT COUNT(*) FROM devices d{} WHERE {}",
         fragment.joins, fragment.sql
     );
-    let row = db.query_one(&sql, &params).await?;
+    let row = db
+        .query_adhoc(&sql, &params)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Corrupt("COUNT returned no row".into()))?;
     Ok(row.int(0)? as u64)
 }
 
@@ -780,7 +785,7 @@ pub async fn bulk_update<D: Db>(
     let fragment = query.to_sql(db.dialect(), now, 1);
     let params: Vec<Value> = fragment.params.into_iter().map(Value::from).collect();
     let rows = db
-        .query(
+        .query_adhoc(
             &format!(
                 "SELECT d.seq, d.status FROM devices d{} WHERE d.status <> 'decommissioned' AND ({}) ORDER BY d.seq",
                 fragment.joins, fragment.sql
