@@ -198,13 +198,11 @@ string_newtype!(
 );
 string_newtype!(
     /// A tag key: 1–64 characters from `[A-Za-z0-9_.-]`, starting with a letter, digit or `_`.
-    TagKey, "tag key", |v| {
-        if v.starts_with('_') {
-            check_slug("tag key", &v[1..], 63, false).or_else(|e| if v.len() == 1 { Ok(()) } else { Err(e) })
-                .map_err(|e| IdError { value: v.chars().take(80).collect(), ..e })
-        } else {
-            check_slug("tag key", v, 64, false)
-        }
+    TagKey, "tag key", |v| match v.strip_prefix('_') {
+        Some("") => Ok(()),
+        Some(rest) => check_slug("tag key", rest, 63, false)
+            .map_err(|e| IdError { value: v.chars().take(80).collect(), ..e }),
+        None => check_slug("tag key", v, 64, false),
     }
 );
 string_newtype!(

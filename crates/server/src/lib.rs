@@ -101,6 +101,14 @@ pub async fn start(
     config: ServerConfig,
     shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
+    // Bind first: a taken port must fail before anything is written, above all before the first
+    // admin token is created, which is shown only once.
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e} (choose another address with --listen, DROVER_LISTEN or `listen` in the config file)",
+            config.listen
+        )
+    })?;
     let store = Store::open(
         &config.store_url,
         &StoreOptions {
@@ -114,12 +122,6 @@ pub async fn start(
         .await
         .context("cannot create the first admin token")?
         .filter(|_| config.admin_token.is_none());
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {}: {e} (choose another address with --listen, DROVER_LISTEN or `listen` in the config file)",
-            config.listen
-        )
-    })?;
     let addr = listener.local_addr()?;
     let state = AppState {
         store: store.clone(),

@@ -36,3 +36,31 @@ api_tests! {
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
 }
+
+/// A taken port must fail at once and write nothing: above all not the first admin token, which
+/// is shown only once and would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_before_the_first_admin_token_is_created() {
+    let dir = drover_store::testing::TempDir::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = drover_server::ServerConfig::with_data_dir(&dir.path);
+    config.listen = holder.local_addr().unwrap();
+    let err = drover_server::start(config.clone(), std::future::pending())
+        .await
+        .err()
+        .expect("port is taken");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("cannot listen on") && message.contains("--listen"),
+        "{message}"
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let server = drover_server::start(config, std::future::pending())
+        .await
+        .unwrap();
+    assert!(
+        server.bootstrap_token.is_some(),
+        "the first successful start still shows the token"
+    );
+    server.shutdown().await.unwrap();
+}
