@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the Drover server (admin API, device API, metrics).
     Serve(serve::ServeArgs),
+    /// Create a new admin token directly in the store, when every admin token is lost.
+    RecoverAdmin(serve::RecoverArgs),
     /// Run a benchmark against a real server on a fresh store (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -49,20 +51,20 @@ pub fn main() -> ExitCode {
         }
     };
     match args.command {
-        Command::Serve(serve_args) => match runtime.block_on(serve::run(serve_args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Bench(command) => match runtime.block_on(bench::run(command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Serve(serve_args) => finish(runtime.block_on(serve::run(serve_args))),
+        Command::RecoverAdmin(recover) => finish(runtime.block_on(serve::recover_admin(recover))),
+        Command::Bench(command) => finish(runtime.block_on(bench::run(command))),
         Command::Admin(command) => runtime.block_on(cli::run(args.client, command)),
+    }
+}
+
+/// Prints a server-side command's error chain in one line; exit code 1 on failure.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }

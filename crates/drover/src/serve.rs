@@ -140,3 +140,54 @@ fn init_logging(format: LogFormat) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// Options of `drover recover-admin`.
+#[derive(Debug, Clone, Args)]
+pub struct RecoverArgs {
+    /// TOML configuration file (for `data_dir` and `store`).
+    #[arg(long, short = 'c', env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded database [default: ./data].
+    #[arg(long, env = "DROVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store URL, as for `drover serve`.
+    #[arg(long, env = "DROVER_STORE")]
+    pub store: Option<String>,
+    /// Name recorded for the new token.
+    #[arg(long, default_value = "recovered-admin")]
+    pub name: String,
+}
+
+/// Creates a new admin token directly in the store, for an operator who has lost every admin
+/// token. It needs what `drover serve` needs (the database file or URL), which is the trust
+/// boundary: whoever can open the database can already change it. The action is audited as
+/// `system`.
+pub async fn recover_admin(args: RecoverArgs) -> anyhow::Result<()> {
+    let serve_args = ServeArgs {
+        config: args.config,
+        listen: None,
+        data_dir: args.data_dir,
+        store: args.store,
+        allow_pending: None,
+        admin_token: None,
+        log_format: None,
+    };
+    let (config, _) = build_config(&serve_args)?;
+    let store =
+        drover_store::Store::open(&config.store_url, &drover_store::StoreOptions::default())
+            .await
+            .with_context(|| format!("cannot open the store at {}", config.redacted_store_url()))?;
+    let new = drover_proto::auth::NewToken {
+        name: args.name,
+        role: drover_proto::auth::Role::Admin,
+        expires_in: None,
+    };
+    let (token, secret) = store
+        .create_token(&drover_store::Actor::system(), new, drover_server::now())
+        .await
+        .context("cannot create the admin token")?;
+    eprintln!("Created admin token {} (shown only this once):", token.id);
+    eprintln!();
+    eprintln!("    export DROVER_TOKEN={secret}");
+    Ok(())
+}

@@ -654,3 +654,42 @@ async fn created_secrets_are_printed_once_and_work() {
     );
     app.stop().await;
 }
+
+/// An operator who lost every admin token creates a new one from the database itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_admin_creates_a_working_admin_token_in_the_store() {
+    let test = spawn_server().await;
+    let data_dir = test.dir.path.display().to_string();
+    let recovered = run_drover(
+        &test.base,
+        None,
+        &["recover-admin", "--data-dir", &data_dir],
+    )
+    .await;
+    assert_eq!(recovered.code, 0, "{recovered:?}");
+    let secret = recovered
+        .stderr
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("DROVER_TOKEN="))
+        .expect("the token is printed")
+        .to_owned();
+    let whoami = test
+        .drover_as(Some(&secret), &["whoami", "--json"])
+        .await
+        .json();
+    assert_eq!(whoami["role"], "admin");
+    assert_eq!(whoami["name"], "recovered-admin");
+    let audit = test
+        .drover(&["audit", "--actor", "system", "--json"])
+        .await
+        .json();
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.create" && e["after"]["name"] == "recovered-admin"),
+        "{audit}"
+    );
+    test.stop().await;
+}
