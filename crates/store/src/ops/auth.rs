@@ -239,6 +239,21 @@ pub async fn revoke_token<D: Db>(
             "token {id} is already revoked"
         )));
     }
+    if before.role == Role::Admin {
+        // Revoking the last usable admin token would leave nobody able to manage tokens.
+        let others = db
+            .query_one(
+                "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND id <> $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+                &[Value::from(id), ts(now)],
+            )
+            .await?
+            .int(0)?;
+        if others == 0 {
+            return Err(StoreError::Conflict(format!(
+                "token {id} is the last admin token; create another admin token before revoking it"
+            )));
+        }
+    }
     db.execute(
         "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2",
         &[ts(now), Value::from(id)],

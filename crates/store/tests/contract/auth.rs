@@ -6,6 +6,18 @@ use drover_store::StoreError;
 use crate::support::*;
 
 contract_tests! {
+    /// The last usable admin token cannot be revoked: nobody could manage tokens afterwards.
+    async fn the_last_admin_token_cannot_be_revoked(store: Store) {
+        store.bootstrap_admin(None, at(0)).await.unwrap();
+        let first = store.list_tokens().await.unwrap()[0].id.clone();
+        let err = store.revoke_token(&operator(), &first, at(1)).await.unwrap_err();
+        assert_eq!(err.to_string(), format!("token {first} is the last admin token; create another admin token before revoking it"));
+        let new = NewToken { name: "second".into(), role: Role::Admin, expires_in: None };
+        let (second, _) = store.create_token(&operator(), new, at(2)).await.unwrap();
+        store.revoke_token(&operator(), &first, at(3)).await.unwrap();
+        assert_err!(store.revoke_token(&operator(), &second.id, at(4)).await, StoreError::Conflict(_));
+    }
+
     /// On an empty database exactly one admin token is created, once.
     async fn bootstrap_creates_one_admin_token_exactly_once(store: Store) {
         let secret = store.bootstrap_admin(None, at(0)).await.unwrap().expect("first start creates a token");
