@@ -138,6 +138,7 @@ pub struct CreatedClaim {
 
 /// `GET /api/v1/whoami`: the token a request was made with.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = TokenWhoAmI)]
 pub struct WhoAmI {
     pub token_id: String,
     pub name: String,

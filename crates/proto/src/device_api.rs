@@ -55,6 +55,7 @@ pub struct ProvisionResponse {
 
 /// `GET /api/device/v1/whoami`: the device's own record, as the server knows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = DeviceWhoAmI)]
 pub struct WhoAmI {
     #[schema(value_type = String)]
     pub device_id: DeviceId,

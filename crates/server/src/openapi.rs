@@ -20,6 +20,7 @@ use crate::routes::{audit, auth, device_api, devices, groups};
         audit::list, crate::routes::check_query,
         device_api::provision, device_api::whoami,
     ),
+    components(schemas(drover_proto::devices::OnConflict)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "devices", description = "Device registry"),

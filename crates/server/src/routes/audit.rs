@@ -16,6 +16,7 @@ use crate::AppState;
 
 /// Audit log filters; all optional, combined with AND.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// `token:<id>`, `device:<id>` or `system`.
@@ -43,7 +44,7 @@ fn time(name: &str, text: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
 }
 
 /// Reads the audit log, newest first.
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
+#[utoipa::path(get, operation_id = "audit_list", path = "/api/v1/audit", tag = "audit", params(AuditParams),
     responses((status = 200, body = Page<AuditEntry>), (status = 400, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,

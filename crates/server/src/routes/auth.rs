@@ -12,7 +12,7 @@ use crate::extract::{ApiJson, Operator};
 use crate::{now, AppState};
 
 /// Shows which token the request was made with.
-#[utoipa::path(get, path = "/api/v1/whoami", tag = "auth", responses((status = 200, body = WhoAmI), (status = 401, body = drover_proto::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "auth_whoami", path = "/api/v1/whoami", tag = "auth", responses((status = 200, body = WhoAmI), (status = 401, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn whoami(auth: Operator) -> Json<WhoAmI> {
     Json(WhoAmI {
@@ -23,7 +23,7 @@ pub async fn whoami(auth: Operator) -> Json<WhoAmI> {
 }
 
 /// Lists operator tokens (never their secrets).
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "auth", responses((status = 200, body = Vec<TokenView>), (status = 403, body = drover_proto::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "auth_list_tokens", path = "/api/v1/tokens", tag = "auth", responses((status = 200, body = Vec<TokenView>), (status = 403, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_tokens(
     State(state): State<AppState>,
@@ -34,7 +34,7 @@ pub async fn list_tokens(
 }
 
 /// Creates an operator token; its secret is in the response only.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "auth", request_body = NewToken,
+#[utoipa::path(post, operation_id = "auth_create_token", path = "/api/v1/tokens", tag = "auth", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 403, body = drover_proto::error::ErrorBody), (status = 422, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_token(
@@ -48,7 +48,7 @@ pub async fn create_token(
 }
 
 /// Revokes an operator token at once.
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "auth", params(("id" = String, Path)),
+#[utoipa::path(delete, operation_id = "auth_revoke_token", path = "/api/v1/tokens/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 200, body = TokenView), (status = 404, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn revoke_token(
@@ -61,7 +61,7 @@ pub async fn revoke_token(
 }
 
 /// Lists claim tokens (never their secrets).
-#[utoipa::path(get, path = "/api/v1/claims", tag = "auth", responses((status = 200, body = Vec<ClaimView>)), security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "auth_list_claims", path = "/api/v1/claims", tag = "auth", responses((status = 200, body = Vec<ClaimView>)), security(("bearer" = [])))]
 pub async fn list_claims(
     State(state): State<AppState>,
     auth: Operator,
@@ -71,7 +71,7 @@ pub async fn list_claims(
 }
 
 /// Creates a claim token that lets devices provision themselves; its secret is in the response only.
-#[utoipa::path(post, path = "/api/v1/claims", tag = "auth", request_body = NewClaim,
+#[utoipa::path(post, operation_id = "auth_create_claim", path = "/api/v1/claims", tag = "auth", request_body = NewClaim,
     responses((status = 201, body = CreatedClaim), (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_claim(
     State(state): State<AppState>,
@@ -84,7 +84,7 @@ pub async fn create_claim(
 }
 
 /// Shows a claim token.
-#[utoipa::path(get, path = "/api/v1/claims/{id}", tag = "auth", params(("id" = String, Path)),
+#[utoipa::path(get, operation_id = "auth_get_claim", path = "/api/v1/claims/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 200, body = ClaimView), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn get_claim(
     State(state): State<AppState>,
@@ -96,7 +96,7 @@ pub async fn get_claim(
 }
 
 /// Revokes a claim token; devices already provisioned with it keep their credentials.
-#[utoipa::path(delete, path = "/api/v1/claims/{id}", tag = "auth", params(("id" = String, Path)),
+#[utoipa::path(delete, operation_id = "auth_revoke_claim", path = "/api/v1/claims/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 200, body = ClaimView), (status = 404, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn revoke_claim(

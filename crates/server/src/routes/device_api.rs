@@ -15,7 +15,7 @@ use crate::{now, AppState};
 const PENDING_RETRY_SECS: u64 = 60;
 
 /// Exchanges a claim token, a pre-authorisation or an approval for a device credential.
-#[utoipa::path(post, path = "/api/device/v1/provision", tag = "device", request_body = ProvisionRequest,
+#[utoipa::path(post, operation_id = "device_provision", path = "/api/device/v1/provision", tag = "device", request_body = ProvisionRequest,
     responses((status = 200, body = ProvisionResponse, description = "provisioned; the credential is shown once"),
               (status = 202, body = ProvisionResponse, description = "waiting for an operator to accept the device"),
               (status = 401, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody),
@@ -46,7 +46,7 @@ pub async fn provision(
 }
 
 /// The calling device's own identity.
-#[utoipa::path(get, path = "/api/device/v1/whoami", tag = "device",
+#[utoipa::path(get, operation_id = "device_whoami", path = "/api/device/v1/whoami", tag = "device",
     responses((status = 200, body = WhoAmI), (status = 401, body = drover_proto::error::ErrorBody)), security(("device" = [])))]
 pub async fn whoami(DeviceAuth(device): DeviceAuth) -> Json<WhoAmI> {
     Json(WhoAmI {

@@ -30,6 +30,7 @@ pub(crate) fn device_id(text: &str) -> Result<DeviceId, ApiError> {
 
 /// Paging and filtering for device lists.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Fleet query (see docs/query-language.md); all devices when absent.
@@ -73,7 +74,7 @@ impl ListParams {
 }
 
 /// Lists devices matching a fleet query, one page at a time.
-#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(ListParams),
+#[utoipa::path(get, operation_id = "devices_list", path = "/api/v1/devices", tag = "devices", params(ListParams),
     responses((status = 200, body = Page<DeviceView>), (status = 400, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -96,6 +97,7 @@ pub async fn list(
 
 /// Query-only parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct QueryParams {
     /// Fleet query; all devices when absent.
@@ -103,7 +105,7 @@ pub struct QueryParams {
 }
 
 /// Counts devices matching a fleet query.
-#[utoipa::path(get, path = "/api/v1/devices/count", tag = "devices", params(QueryParams),
+#[utoipa::path(get, operation_id = "devices_count", path = "/api/v1/devices/count", tag = "devices", params(QueryParams),
     responses((status = 200, body = Count), (status = 400, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn count(
@@ -119,7 +121,7 @@ pub async fn count(
 }
 
 /// Registers a device (pre-authorised by default).
-#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = NewDevice,
+#[utoipa::path(post, operation_id = "devices_create", path = "/api/v1/devices", tag = "devices", request_body = NewDevice,
     responses((status = 201, body = CreatedDevice), (status = 409, body = drover_proto::error::ErrorBody),
               (status = 422, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -140,7 +142,7 @@ pub async fn create(
 }
 
 /// Shows one device.
-#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(get, operation_id = "devices_get", path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 404, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -154,7 +156,7 @@ pub async fn get(
 }
 
 /// Changes a device's attributes and tags (`null` clears a field or removes a tag).
-#[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)), request_body = DevicePatch,
+#[utoipa::path(patch, operation_id = "devices_update", path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)), request_body = DevicePatch,
     responses((status = 200, body = DeviceView), (status = 404, body = drover_proto::error::ErrorBody),
               (status = 409, body = drover_proto::error::ErrorBody), (status = 422, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -176,7 +178,7 @@ pub async fn update(
 }
 
 /// Deletes a device and its tags, memberships and credentials (its audit history stays).
-#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(delete, operation_id = "devices_delete", path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -190,7 +192,7 @@ pub async fn delete(
 }
 
 /// Decommissions a device: revokes its credentials, keeps its history and frees its hardware id.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/decommission", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "devices_decommission", path = "/api/v1/devices/{id}/decommission", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 404, body = drover_proto::error::ErrorBody),
               (status = 409, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn decommission(
@@ -210,7 +212,7 @@ pub async fn decommission(
 }
 
 /// Accepts a pending device; it then fetches its credential with its nonce.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/accept", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "devices_accept", path = "/api/v1/devices/{id}/accept", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn accept(
     State(state): State<AppState>,
@@ -225,7 +227,7 @@ pub async fn accept(
 }
 
 /// Rejects a pending device.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/reject", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "devices_reject", path = "/api/v1/devices/{id}/reject", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn reject(
     State(state): State<AppState>,
@@ -240,7 +242,7 @@ pub async fn reject(
 }
 
 /// Issues a new credential for a device, revoking the old one.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/credentials", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "devices_rotate_credential", path = "/api/v1/devices/{id}/credentials", tag = "devices", params(("id" = String, Path)),
     responses((status = 201, body = DeviceCredential), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_credential(
     State(state): State<AppState>,
@@ -260,7 +262,7 @@ pub async fn rotate_credential(
 }
 
 /// Revokes all of a device's credentials.
-#[utoipa::path(delete, path = "/api/v1/devices/{id}/credentials", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(delete, operation_id = "devices_revoke_credentials", path = "/api/v1/devices/{id}/credentials", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = Count), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke_credentials(
     State(state): State<AppState>,
@@ -275,7 +277,7 @@ pub async fn revoke_credentials(
 }
 
 /// Lists the static and dynamic groups a device belongs to right now.
-#[utoipa::path(get, path = "/api/v1/devices/{id}/groups", tag = "devices", params(("id" = String, Path)),
+#[utoipa::path(get, operation_id = "devices_groups", path = "/api/v1/devices/{id}/groups", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = DeviceGroups), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn groups(
     State(state): State<AppState>,
@@ -291,7 +293,7 @@ pub async fn groups(
 }
 
 /// Applies one change to every device matching a fleet query.
-#[utoipa::path(post, path = "/api/v1/devices/bulk-update", tag = "devices", request_body = BulkUpdate,
+#[utoipa::path(post, operation_id = "devices_bulk_update", path = "/api/v1/devices/bulk-update", tag = "devices", request_body = BulkUpdate,
     responses((status = 200, body = BulkUpdateResult), (status = 400, body = drover_proto::error::ErrorBody),
               (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn bulk_update(
@@ -310,6 +312,7 @@ pub async fn bulk_update(
 
 /// Import options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportParams {
     /// `csv` or `jsonl`; otherwise taken from Content-Type (`text/csv`, `application/x-ndjson`).
@@ -323,7 +326,7 @@ pub struct ImportParams {
 /// CSV needs a header row; columns are `id, device_type, hw_id, hw_rev, site, region, status,
 /// firmware, preauth_secret` and `tags.<key>` for each tag (empty cells are absent). JSON lines have
 /// one `NewDevice` object per line. Any invalid line rejects the whole import with per-line errors.
-#[utoipa::path(post, path = "/api/v1/devices/import", tag = "devices", params(ImportParams),
+#[utoipa::path(post, operation_id = "devices_import", path = "/api/v1/devices/import", tag = "devices", params(ImportParams),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = ImportResult), (status = 413, body = drover_proto::error::ErrorBody),
               (status = 415, body = drover_proto::error::ErrorBody), (status = 422, body = drover_proto::error::ErrorBody)),

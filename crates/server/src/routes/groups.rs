@@ -19,7 +19,7 @@ fn group_name(text: &str) -> Result<GroupName, ApiError> {
 }
 
 /// Lists all groups.
-#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = Vec<GroupView>)), security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "groups_list", path = "/api/v1/groups", tag = "groups", responses((status = 200, body = Vec<GroupView>)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Operator,
@@ -29,7 +29,7 @@ pub async fn list(
 }
 
 /// Creates a static group, or a dynamic one when `query` is given.
-#[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = NewGroup,
+#[utoipa::path(post, operation_id = "groups_create", path = "/api/v1/groups", tag = "groups", request_body = NewGroup,
     responses((status = 201, body = GroupView), (status = 400, body = drover_proto::error::ErrorBody),
               (status = 409, body = drover_proto::error::ErrorBody), (status = 422, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -53,7 +53,7 @@ pub async fn create(
 }
 
 /// Shows a group with its current member count.
-#[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
+#[utoipa::path(get, operation_id = "groups_get", path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 200, body = GroupView), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
@@ -67,7 +67,7 @@ pub async fn get(
 }
 
 /// Changes a group's query (dynamic), parent (static) or description.
-#[utoipa::path(patch, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)), request_body = GroupPatch,
+#[utoipa::path(patch, operation_id = "groups_update", path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)), request_body = GroupPatch,
     responses((status = 200, body = GroupView), (status = 404, body = drover_proto::error::ErrorBody),
               (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn update(
@@ -89,7 +89,7 @@ pub async fn update(
 }
 
 /// Deletes a group (its devices stay).
-#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
+#[utoipa::path(delete, operation_id = "groups_delete", path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = drover_proto::error::ErrorBody), (status = 409, body = drover_proto::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -106,7 +106,7 @@ pub async fn delete(
 }
 
 /// Lists a group's members, optionally narrowed by a further query.
-#[utoipa::path(get, path = "/api/v1/groups/{name}/devices", tag = "groups", params(("name" = String, Path), ListParams),
+#[utoipa::path(get, operation_id = "groups_devices", path = "/api/v1/groups/{name}/devices", tag = "groups", params(("name" = String, Path), ListParams),
     responses((status = 200, body = Page<DeviceView>), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn devices(
     State(state): State<AppState>,
@@ -134,7 +134,7 @@ pub async fn devices(
 }
 
 /// Adds devices to a static group.
-#[utoipa::path(post, path = "/api/v1/groups/{name}/members", tag = "groups", params(("name" = String, Path)), request_body = MembersChange,
+#[utoipa::path(post, operation_id = "groups_add_members", path = "/api/v1/groups/{name}/members", tag = "groups", params(("name" = String, Path)), request_body = MembersChange,
     responses((status = 200, body = MembersChanged), (status = 404, body = drover_proto::error::ErrorBody),
               (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn add_members(
@@ -152,7 +152,7 @@ pub async fn add_members(
 }
 
 /// Removes devices from a static group.
-#[utoipa::path(delete, path = "/api/v1/groups/{name}/members", tag = "groups", params(("name" = String, Path)), request_body = MembersChange,
+#[utoipa::path(delete, operation_id = "groups_remove_members", path = "/api/v1/groups/{name}/members", tag = "groups", params(("name" = String, Path)), request_body = MembersChange,
     responses((status = 200, body = MembersChanged), (status = 404, body = drover_proto::error::ErrorBody),
               (status = 422, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn remove_members(

@@ -96,7 +96,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// Checks a fleet query without running it.
-#[utoipa::path(get, path = "/api/v1/query/check", tag = "devices", params(devices::QueryParams),
+#[utoipa::path(get, operation_id = "check_query", path = "/api/v1/query/check", tag = "devices", params(devices::QueryParams),
     responses((status = 200, body = QueryCheck), (status = 400, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn check_query(
     _auth: crate::extract::Operator,

@@ -34,6 +34,21 @@ api_tests! {
         }
         assert!(doc["components"]["schemas"]["DeviceView"].is_object());
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+        // Every $ref resolves, operation ids are unique and list filters are query parameters —
+        // what generated clients and validators trip over first.
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let text = doc.to_string();
+        for reference in text.split("\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "dangling $ref to {name}");
+        }
+        let mut ids: Vec<&str> = paths.values().flat_map(|p| p.as_object().unwrap().values()).map(|op| op["operationId"].as_str().unwrap()).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "duplicate operation ids");
+        let list = &doc["paths"]["/api/v1/devices"]["get"]["parameters"];
+        assert!(list.as_array().unwrap().iter().all(|p| p["in"] == "query"), "{list}");
     }
 }
 
