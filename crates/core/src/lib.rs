@@ -9,9 +9,11 @@
 //! - [`version`]: semantic versions with SemVer 2.0 precedence and a byte-sortable key for storage.
 //! - [`time`]: millisecond timestamps and human durations (`10m`, `2h`).
 //! - [`device`]: the device record and its lifecycle status.
+//! - [`health`]: heartbeat metric names and validation, rollups with a mergeable quantile sketch.
 //! - [`query`]: the fleet query language: lexer, parser, AST, in-memory evaluation, SQL compilation.
 
 pub mod device;
+pub mod health;
 pub mod ids;
 pub mod query;
 pub mod time;
