@@ -67,3 +67,43 @@ pub struct WhoAmI {
     #[schema(value_type = Option<String>)]
     pub firmware: Option<Version>,
 }
+
+/// `POST /api/device/v1/heartbeat`: what a device reports about its health.
+///
+/// `metrics` maps metric names to numbers. Known names (see `drover_core::health::KNOWN_METRICS`:
+/// `uptime_s`, `cpu_pct`, `mem_free_bytes`, `battery_v`, `rssi_dbm`, `rollback_count`, …) have
+/// fixed units and physical ranges; other well-formed names are kept as custom metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// When the device took the readings (its clock); the server's receive time when absent.
+    /// Heartbeats buffered while offline carry their original time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub sent_at: Option<drover_core::Timestamp>,
+    /// The firmware version the device is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub firmware: Option<Version>,
+    /// The A/B slot the device booted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub boot_slot: Option<Label>,
+    #[serde(default)]
+    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
+    pub metrics: std::collections::BTreeMap<drover_core::health::MetricName, f64>,
+}
+
+/// `POST /api/device/v1/heartbeats`: several heartbeats at once (e.g. flushed after an outage).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBatch {
+    pub heartbeats: Vec<Heartbeat>,
+}
+
+/// Acknowledgement of durable heartbeats.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// How many heartbeats were stored.
+    pub accepted: u64,
+}

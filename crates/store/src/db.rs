@@ -18,6 +18,7 @@ pub enum Value {
     Int(i64),
     Text(String),
     Bytes(Vec<u8>),
+    Float(f64),
 }
 
 impl From<SqlParam> for Value {
@@ -45,6 +46,12 @@ impl From<&str> for Value {
 impl From<String> for Value {
     fn from(s: String) -> Value {
         Value::Text(s)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(f: f64) -> Value {
+        Value::Float(f)
     }
 }
 
@@ -100,6 +107,16 @@ impl Row {
         match self.at(idx)? {
             Value::Null => Ok(None),
             _ => self.text(idx).map(Some),
+        }
+    }
+
+    pub fn float(&self, idx: usize) -> Result<f64, StoreError> {
+        match self.at(idx)? {
+            Value::Float(f) => Ok(*f),
+            Value::Int(i) => Ok(*i as f64),
+            other => Err(StoreError::Corrupt(format!(
+                "column {idx}: expected a number, got {other:?}"
+            ))),
         }
     }
 

@@ -35,6 +35,7 @@ use drover_proto::Page;
 pub use ops::audit::AuditFilter;
 pub use ops::auth::{Actor, TokenAuth};
 pub use ops::devices::{ImportMsg, ImportRow};
+pub use ops::health::{CohortRollup, DeviceHealth, HeartbeatRecord, IngestOptions};
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
 
 use crate::db::Db;
@@ -536,6 +537,46 @@ impl Store {
     ) -> Result<Vec<GroupName>, StoreError> {
         let id = id.clone();
         with_db!(self, read, |db| ops::groups::device_groups(db, &id, now)
+            .await)
+    }
+
+    // ---- health ---------------------------------------------------------------------------------
+
+    /// Stores a batch of heartbeats in one transaction (group commit); returns how many belonged
+    /// to live devices and were stored.
+    pub async fn record_heartbeats(
+        &self,
+        records: Vec<HeartbeatRecord>,
+        options: IngestOptions,
+    ) -> Result<u64, StoreError> {
+        with_db!(self, write, |db| ops::health::record(db, records, options)
+            .await)
+    }
+
+    /// A device's latest reported health.
+    pub async fn device_health(&self, id: &DeviceId) -> Result<Option<DeviceHealth>, StoreError> {
+        let id = id.clone();
+        with_db!(self, read, |db| ops::health::latest(db, &id).await)
+    }
+
+    /// Rollups of one metric for one firmware version over `[from, to)`.
+    pub async fn cohort_rollups(
+        &self,
+        firmware: &str,
+        metric: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<CohortRollup>, StoreError> {
+        let (firmware, metric) = (firmware.to_owned(), metric.to_owned());
+        with_db!(self, read, |db| ops::health::rollups(
+            db, &firmware, &metric, from, to
+        )
+        .await)
+    }
+
+    /// Deletes raw heartbeat samples older than `before`.
+    pub async fn prune_heartbeat_samples(&self, before: Timestamp) -> Result<u64, StoreError> {
+        with_db!(self, write, |db| ops::health::prune_samples(db, before)
             .await)
     }
 

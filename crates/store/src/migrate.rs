@@ -15,12 +15,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
-    postgres: include_str!("../migrations/postgres/0001_registry.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
+        postgres: include_str!("../migrations/postgres/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "health",
+        sqlite: include_str!("../migrations/sqlite/0002_health.sql"),
+        postgres: include_str!("../migrations/postgres/0002_health.sql"),
+    },
+];
 
 /// Arbitrary constant identifying Drover's migration lock.
 const PG_MIGRATION_LOCK: i64 = 0x4452_4f56_4552;

@@ -137,6 +137,12 @@ fn convert_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
         } else if *ty == Type::BOOL {
             row.try_get::<_, Option<bool>>(idx)
                 .map(|v| v.map_or(Value::Null, |b| Value::Int(b.into())))
+        } else if *ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(idx)
+                .map(|v| v.map_or(Value::Null, Value::Float))
+        } else if *ty == Type::FLOAT4 {
+            row.try_get::<_, Option<f32>>(idx)
+                .map(|v| v.map_or(Value::Null, |f| Value::Float(f.into())))
         } else if *ty == Type::BYTEA {
             row.try_get::<_, Option<Vec<u8>>>(idx)
                 .map(|v| v.map_or(Value::Null, Value::Bytes))
@@ -172,6 +178,13 @@ impl ToSql for Value {
             }
             Value::Text(s) => s.as_str().to_sql(ty, out),
             Value::Bytes(b) => b.as_slice().to_sql(ty, out),
+            Value::Float(f) => {
+                if *ty == Type::FLOAT4 {
+                    (*f as f32).to_sql(ty, out)
+                } else {
+                    f.to_sql(ty, out)
+                }
+            }
         }
     }
 

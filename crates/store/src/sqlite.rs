@@ -196,7 +196,7 @@ impl Db for SqliteConn<'_> {
                 values.push(match row.get_ref(idx).map_err(StoreError::sqlite)? {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(i) => Value::Int(i),
-                    ValueRef::Real(f) => Value::Int(f as i64),
+                    ValueRef::Real(f) => Value::Float(f),
                     ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
                     ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
                 });
@@ -242,5 +242,6 @@ fn to_sql(value: &Value) -> rusqlite::types::Value {
         Value::Int(i) => rusqlite::types::Value::Integer(*i),
         Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
         Value::Bytes(b) => rusqlite::types::Value::Blob(b.clone()),
+        Value::Float(f) => rusqlite::types::Value::Real(*f),
     }
 }

@@ -597,6 +597,7 @@ fn encode_cursor(sort: DeviceSort, value: &Value, seq: i64) -> String {
         Value::Text(s) => hex::encode(s.as_bytes()),
         Value::Bytes(b) => hex::encode(b),
         Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
         Value::Null => String::new(),
     };
     base64::engine::general_purpose::URL_SAFE_NO_PAD

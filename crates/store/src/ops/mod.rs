@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod devices;
 pub mod groups;
+pub mod health;
 pub mod provision;
 
 use drover_core::Timestamp;

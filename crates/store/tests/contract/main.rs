@@ -16,6 +16,7 @@
 //! - `provisioning`: claim tokens, pre-authorised and pending devices, credentials.
 //! - `auth`: operator tokens and the first-start admin token.
 //! - `audit`: what mutations record, and reading the log back with filters and paging.
+//! - `health`: heartbeat ingest, latest health and cohort rollups.
 
 /// Expands each `async fn name(store: Store) { … }` into a module `name` holding the scenario and
 /// the tests `on_sqlite` and `on_postgres` that run it on a fresh database of each backend.
@@ -64,6 +65,7 @@ mod auth;
 mod bulk;
 mod devices;
 mod groups;
+mod health;
 mod listing;
 mod provisioning;
 mod query_agreement;

@@ -1,0 +1,298 @@
+//! Heartbeat ingest: for a batch of heartbeats, one transaction updates each device's last-seen
+//! time and firmware, its latest health, its raw samples and the cohort rollups.
+
+use std::collections::{BTreeMap, HashMap};
+
+use drover_core::health::{bucket_start, MetricName, QuantileSketch, Rollup};
+use drover_core::{DeviceId, Duration, Timestamp, Version};
+use drover_proto::device_api::Heartbeat;
+
+use crate::db::{placeholders, value_rows, Db, Value};
+use crate::ops::ts;
+use crate::StoreError;
+
+/// One heartbeat as received.
+#[derive(Debug, Clone)]
+pub struct HeartbeatRecord {
+    pub device: DeviceId,
+    pub received_at: Timestamp,
+    pub heartbeat: Heartbeat,
+}
+
+/// Ingest settings.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions {
+    /// Width of a rollup time bucket.
+    pub bucket: Duration,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            bucket: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The latest health a device reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceHealth {
+    /// When the readings were taken (device clock, or receive time).
+    pub observed_at: Timestamp,
+    pub received_at: Timestamp,
+    pub boot_slot: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A rollup row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortRollup {
+    pub firmware: String,
+    pub metric: String,
+    pub bucket: Timestamp,
+    pub rollup: Rollup,
+}
+
+const CHUNK: usize = 400;
+
+/// Stores `records`; returns how many were accepted. Records of unknown or decommissioned devices
+/// are skipped (their credential was valid when they were received but the device is gone now).
+pub async fn record<D: Db>(
+    db: &mut D,
+    records: Vec<HeartbeatRecord>,
+    options: IngestOptions,
+) -> Result<u64, StoreError> {
+    // Resolve devices once for the whole batch.
+    let mut devices: HashMap<String, (i64, String)> = HashMap::new();
+    let ids: Vec<Value> = {
+        let mut ids: Vec<&str> = records.iter().map(|r| r.device.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(Value::from).collect()
+    };
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT id, seq, firmware FROM devices WHERE id IN ({}) AND status <> 'decommissioned'",
+            placeholders(1, chunk.len())
+        );
+        for row in db.query(&sql, chunk).await? {
+            devices.insert(row.text(0)?, (row.int(1)?, row.text(2)?));
+        }
+    }
+
+    let mut accepted = 0u64;
+    let mut samples: Vec<(i64, Timestamp, String)> = Vec::new();
+    let mut rollups: BTreeMap<(String, String, i64), Rollup> = BTreeMap::new();
+    // Per device: newest observation in this batch, and the last reported firmware.
+    let mut latest: HashMap<i64, (Timestamp, Timestamp, Option<String>, String)> = HashMap::new();
+    let mut seen: HashMap<i64, Timestamp> = HashMap::new();
+    let mut firmware: HashMap<i64, Version> = HashMap::new();
+    for record in &records {
+        let Some((seq, stored_firmware)) = devices.get(record.device.as_str()) else {
+            continue;
+        };
+        accepted += 1;
+        let heartbeat = &record.heartbeat;
+        let observed = heartbeat
+            .sent_at
+            .unwrap_or(record.received_at)
+            .min(record.received_at);
+        let metrics_json = metrics_json(&heartbeat.metrics);
+        samples.push((*seq, observed, metrics_json.clone()));
+        let cohort = heartbeat
+            .firmware
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| {
+                firmware
+                    .get(seq)
+                    .map_or_else(|| stored_firmware.clone(), ToString::to_string)
+            });
+        let bucket = bucket_start(observed, options.bucket).as_millis();
+        for (name, value) in &heartbeat.metrics {
+            rollups
+                .entry((cohort.clone(), name.to_string(), bucket))
+                .or_default()
+                .add(*value);
+        }
+        let newer = latest.get(seq).is_none_or(|(at, _, _, _)| observed >= *at);
+        if newer {
+            let slot = heartbeat.boot_slot.as_ref().map(|s| s.as_str().to_owned());
+            latest.insert(*seq, (observed, record.received_at, slot, metrics_json));
+            if let Some(version) = &heartbeat.firmware {
+                firmware.insert(*seq, version.clone());
+            }
+        }
+        let last = seen.entry(*seq).or_insert(record.received_at);
+        *last = (*last).max(record.received_at);
+    }
+
+    // Last seen, and firmware where the device reports a different one.
+    for (seq, at) in &seen {
+        db.execute(
+            "UPDATE devices SET last_seen = $1 WHERE seq = $2 AND last_seen < $1",
+            &[ts(*at), Value::Int(*seq)],
+        )
+        .await?;
+    }
+    for (seq, version) in &firmware {
+        db.execute(
+            "UPDATE devices SET firmware = $1, fw_key = $2, updated_at = $3 WHERE seq = $4 AND firmware <> $1",
+            &[Value::from(version.to_string()), Value::Bytes(version.sort_key()), ts(seen[seq]), Value::Int(*seq)],
+        )
+        .await?;
+    }
+    // Latest health: only replaced by a newer observation (buffered heartbeats arrive late).
+    for (seq, (observed, received, slot, metrics)) in &latest {
+        db.execute(
+            "INSERT INTO device_health (device_seq, observed_at, received_at, metrics, boot_slot) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device_seq) DO UPDATE SET observed_at = excluded.observed_at, received_at = excluded.received_at,
+                 metrics = excluded.metrics, boot_slot = excluded.boot_slot
+             WHERE device_health.observed_at <= excluded.observed_at",
+            &[Value::Int(*seq), ts(*observed), ts(*received), Value::from(metrics.as_str()), Value::from(slot.clone().unwrap_or_default())],
+        )
+        .await?;
+    }
+    for chunk in samples.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO heartbeat_samples (device_seq, observed_at, metrics) VALUES {}",
+            value_rows(chunk.len(), 3)
+        );
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|(seq, at, metrics)| {
+                [Value::Int(*seq), ts(*at), Value::from(metrics.as_str())]
+            })
+            .collect();
+        db.execute(&sql, &params).await?;
+    }
+    for ((cohort, metric, bucket), rollup) in rollups {
+        merge_rollup(db, &cohort, &metric, bucket, rollup).await?;
+    }
+    Ok(accepted)
+}
+
+fn metrics_json(metrics: &BTreeMap<MetricName, f64>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = metrics
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Adds `rollup` into the stored row for its key (read, merge, write; the row is locked on
+/// PostgreSQL so concurrent replicas serialise per key).
+async fn merge_rollup<D: Db>(
+    db: &mut D,
+    cohort: &str,
+    metric: &str,
+    bucket: i64,
+    mut rollup: Rollup,
+) -> Result<(), StoreError> {
+    let key = [Value::from(cohort), Value::from(metric), Value::Int(bucket)];
+    db.execute(
+        "INSERT INTO cohort_rollups (firmware, metric, bucket, count, sum, sum_sq, min, max, sketch)
+         VALUES ($1, $2, $3, 0, 0, 0, 0, 0, $4) ON CONFLICT (firmware, metric, bucket) DO NOTHING",
+        &[key[0].clone(), key[1].clone(), key[2].clone(), Value::Bytes(QuantileSketch::new().to_bytes())],
+    )
+    .await?;
+    let sql = format!(
+        "SELECT count, sum, sum_sq, min, max, sketch FROM cohort_rollups WHERE firmware = $1 AND metric = $2 AND bucket = $3{}",
+        db.for_update()
+    );
+    let row = db.query_one(&sql, &key).await?;
+    if row.int(0)? > 0 {
+        let stored = Rollup {
+            count: row.int(0)? as u64,
+            sum: row.float(1)?,
+            sum_sq: row.float(2)?,
+            min: row.float(3)?,
+            max: row.float(4)?,
+            sketch: QuantileSketch::from_bytes(&row.bytes(5)?).ok_or_else(|| {
+                StoreError::Corrupt(format!("unreadable sketch for {cohort}/{metric}/{bucket}"))
+            })?,
+        };
+        rollup.merge(&stored);
+    }
+    db.execute(
+        "UPDATE cohort_rollups SET count = $4, sum = $5, sum_sq = $6, min = $7, max = $8, sketch = $9
+         WHERE firmware = $1 AND metric = $2 AND bucket = $3",
+        &[
+            key[0].clone(),
+            key[1].clone(),
+            key[2].clone(),
+            Value::Int(rollup.count as i64),
+            Value::Float(rollup.sum),
+            Value::Float(rollup.sum_sq),
+            Value::Float(rollup.min),
+            Value::Float(rollup.max),
+            Value::Bytes(rollup.sketch.to_bytes()),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The latest health of a device, if it ever sent a heartbeat.
+pub async fn latest<D: Db>(db: &mut D, id: &DeviceId) -> Result<Option<DeviceHealth>, StoreError> {
+    let row = db
+        .query_opt(
+            "SELECT h.observed_at, h.received_at, h.boot_slot, h.metrics FROM device_health h JOIN devices d ON d.seq = h.device_seq WHERE d.id = $1",
+            &[Value::from(id.as_str())],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let metrics: BTreeMap<String, f64> = serde_json::from_str(&row.text(3)?)
+        .map_err(|e| StoreError::Corrupt(format!("health metrics: {e}")))?;
+    let slot = row.text(2)?;
+    Ok(Some(DeviceHealth {
+        observed_at: Timestamp::from_millis(row.int(0)?),
+        received_at: Timestamp::from_millis(row.int(1)?),
+        boot_slot: (!slot.is_empty()).then_some(slot),
+        metrics,
+    }))
+}
+
+/// Rollups of `metric` for `firmware` with buckets in `[from, to)`.
+pub async fn rollups<D: Db>(
+    db: &mut D,
+    firmware: &str,
+    metric: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<CohortRollup>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT bucket, count, sum, sum_sq, min, max, sketch FROM cohort_rollups
+             WHERE firmware = $1 AND metric = $2 AND bucket >= $3 AND bucket < $4 ORDER BY bucket",
+            &[Value::from(firmware), Value::from(metric), ts(from), ts(to)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(CohortRollup {
+                firmware: firmware.to_owned(),
+                metric: metric.to_owned(),
+                bucket: Timestamp::from_millis(row.int(0)?),
+                rollup: Rollup {
+                    count: row.int(1)? as u64,
+                    sum: row.float(2)?,
+                    sum_sq: row.float(3)?,
+                    min: row.float(4)?,
+                    max: row.float(5)?,
+                    sketch: QuantileSketch::from_bytes(&row.bytes(6)?)
+                        .ok_or_else(|| StoreError::Corrupt("unreadable sketch".into()))?,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Deletes raw samples observed before `before`; returns how many.
+pub async fn prune_samples<D: Db>(db: &mut D, before: Timestamp) -> Result<u64, StoreError> {
+    db.execute(
+        "DELETE FROM heartbeat_samples WHERE observed_at < $1",
+        &[ts(before)],
+    )
+    .await
+}
