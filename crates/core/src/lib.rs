@@ -11,11 +11,13 @@
 //! - [`device`]: the device record and its lifecycle status.
 //! - [`health`]: heartbeat metric names and validation, rollups with a mergeable quantile sketch.
 //! - [`query`]: the fleet query language: lexer, parser, AST, in-memory evaluation, SQL compilation.
+//! - [`shadow`]: device shadows: desired/reported state, merge, versioning, delta and limits.
 
 pub mod device;
 pub mod health;
 pub mod ids;
 pub mod query;
+pub mod shadow;
 pub mod time;
 pub mod version;
 

@@ -271,3 +271,16 @@ pub struct DeviceCredential {
     pub device_id: String,
     pub credential: String,
 }
+
+/// `GET /api/v1/devices/{id}/health`: the latest heartbeat a device sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// When the readings were taken (device clock, bounded by the receive time).
+    #[schema(value_type = String, format = DateTime)]
+    pub observed_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub received_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_slot: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+}

@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest bulk-import upload, in bytes.
     pub max_import_bytes: usize,
+    /// Heartbeat group commit: queue length, batch size, rollup bucket.
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 impl ServerConfig {
@@ -33,6 +35,7 @@ impl ServerConfig {
             allow_pending: false,
             max_body_bytes: 1 << 20,
             max_import_bytes: 1 << 30,
+            ingest: crate::ingest::IngestConfig::default(),
         }
     }
 

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<serde_json::Value>,
+    /// Sent as `Retry-After` (seconds) with 429 / 503 answers.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -23,7 +25,15 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after_secs: None,
         }
+    }
+
+    /// A 503 telling the client when to retry.
+    pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        error.retry_after_secs = Some(retry_after_secs);
+        error
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
@@ -128,6 +138,13 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }

@@ -11,6 +11,7 @@
 //! - `extract`: extractors for JSON bodies, query strings, operator tokens and device credentials.
 //! - `routes`: handlers, one module per resource (devices, groups, auth, audit, device API, ops).
 //! - `import`: streaming CSV / JSON-lines parsing for bulk device import.
+//! - [`ingest`]: group commit of heartbeats with a bounded queue (backpressure).
 //! - `metrics`: Prometheus metrics and the request-metrics middleware.
 //! - `openapi`: the OpenAPI 3 document generated from the handlers' annotations.
 
@@ -18,6 +19,7 @@ pub mod config;
 mod error;
 mod extract;
 mod import;
+pub mod ingest;
 mod metrics;
 mod openapi;
 mod routes;
@@ -39,6 +41,7 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<ServerConfig>,
     metrics: Arc<metrics::Metrics>,
+    ingest: ingest::Ingest,
     /// When each token's `last_used_at` was last written, so that busy tokens cost one write a minute.
     token_touches: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -125,6 +128,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let state = AppState {
         store: store.clone(),
+        ingest: ingest::Ingest::start(store.clone(), config.ingest),
         config: Arc::new(config),
         metrics: Arc::new(metrics::Metrics::new()),
         token_touches: Arc::default(),

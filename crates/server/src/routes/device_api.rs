@@ -4,7 +4,13 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use drover_proto::device_api::{ProvisionRequest, ProvisionResponse, WhoAmI};
+use drover_core::health::{validate_heartbeat, HeartbeatLimits};
+use drover_proto::device_api::{
+    Heartbeat, HeartbeatAck, HeartbeatBatch, ProvisionRequest, ProvisionResponse, WhoAmI,
+};
+use drover_store::HeartbeatRecord;
+
+use crate::ingest::IngestError;
 use drover_store::ProvisionOptions;
 
 use crate::error::ApiError;
@@ -55,4 +61,73 @@ pub async fn whoami(DeviceAuth(device): DeviceAuth) -> Json<WhoAmI> {
         status: device.status,
         firmware: device.firmware,
     })
+}
+
+/// Most heartbeats in one batch request.
+pub const MAX_HEARTBEAT_BATCH: usize = 1000;
+
+/// Stores one heartbeat; answers once it is durable.
+#[utoipa::path(post, operation_id = "device_heartbeat", path = "/api/device/v1/heartbeat", tag = "device", request_body = Heartbeat,
+    responses((status = 200, body = HeartbeatAck), (status = 401, body = drover_proto::error::ErrorBody),
+              (status = 422, body = drover_proto::error::ErrorBody), (status = 503, body = drover_proto::error::ErrorBody)),
+    security(("device" = [])))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    DeviceAuth(device): DeviceAuth,
+    ApiJson(heartbeat): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    ingest(&state, device.id, vec![heartbeat]).await
+}
+
+/// Stores several heartbeats (for example flushed after an outage), all or none.
+#[utoipa::path(post, operation_id = "device_heartbeats", path = "/api/device/v1/heartbeats", tag = "device", request_body = HeartbeatBatch,
+    responses((status = 200, body = HeartbeatAck), (status = 401, body = drover_proto::error::ErrorBody),
+              (status = 422, body = drover_proto::error::ErrorBody), (status = 503, body = drover_proto::error::ErrorBody)),
+    security(("device" = [])))]
+pub async fn heartbeats(
+    State(state): State<AppState>,
+    DeviceAuth(device): DeviceAuth,
+    ApiJson(batch): ApiJson<HeartbeatBatch>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    if batch.heartbeats.is_empty() || batch.heartbeats.len() > MAX_HEARTBEAT_BATCH {
+        return Err(ApiError::unprocessable(format!(
+            "a batch holds 1 to {MAX_HEARTBEAT_BATCH} heartbeats, not {}",
+            batch.heartbeats.len()
+        )));
+    }
+    ingest(&state, device.id, batch.heartbeats).await
+}
+
+/// Validates every heartbeat (all or none), then waits for the group commit.
+async fn ingest(
+    state: &AppState,
+    device: drover_core::DeviceId,
+    heartbeats: Vec<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    let received_at = now();
+    let limits = HeartbeatLimits::default();
+    for (idx, heartbeat) in heartbeats.iter().enumerate() {
+        validate_heartbeat(&heartbeat.metrics, heartbeat.sent_at, received_at, &limits).map_err(
+            |e| {
+                let mut error =
+                    ApiError::unprocessable(format!("heartbeat {idx}: {e}; nothing was stored"));
+                error.code = e.code();
+                error.with_details(serde_json::json!({ "index": idx }))
+            },
+        )?;
+    }
+    let records = heartbeats
+        .into_iter()
+        .map(|heartbeat| HeartbeatRecord {
+            device: device.clone(),
+            received_at,
+            heartbeat,
+        })
+        .collect();
+    match state.ingest.submit(records).await {
+        Ok(accepted) => Ok(Json(HeartbeatAck { accepted })),
+        Err(IngestError::Overloaded) => Err(ApiError::busy(IngestError::Overloaded.to_string(), 2)),
+        Err(IngestError::Stopped) => Err(ApiError::busy(IngestError::Stopped.to_string(), 5)),
+        Err(IngestError::Store(e)) => Err(e.into()),
+    }
 }

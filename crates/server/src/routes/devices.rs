@@ -8,7 +8,7 @@ use drover_core::DeviceId;
 use drover_proto::auth::Role;
 use drover_proto::devices::{
     BulkUpdate, BulkUpdateResult, CreatedDevice, DeviceCredential, DeviceGroups, DevicePatch,
-    DeviceSort, DeviceView, ImportResult, NewDevice, OnConflict, SortOrder,
+    DeviceSort, DeviceView, HealthView, ImportResult, NewDevice, OnConflict, SortOrder,
 };
 use drover_proto::{Count, Page};
 use serde::Deserialize;
@@ -350,4 +350,28 @@ pub async fn import(
     )
     .await?;
     Ok(Json(result))
+}
+
+/// The latest health a device reported (404 if it never sent a heartbeat).
+#[utoipa::path(get, operation_id = "devices_health", path = "/api/v1/devices/{id}/health", tag = "devices", params(("id" = String, Path)),
+    responses((status = 200, body = HealthView), (status = 404, body = drover_proto::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn health(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<HealthView>, ApiError> {
+    auth.require(Role::Viewer)?;
+    let id = device_id(&id)?;
+    // Distinguish an unknown device from one that has not reported yet.
+    state.store.get_device(&id).await?;
+    let health =
+        state.store.device_health(&id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("device {id} has not sent a heartbeat yet"))
+        })?;
+    Ok(Json(HealthView {
+        observed_at: health.observed_at,
+        received_at: health.received_at,
+        boot_slot: health.boot_slot,
+        metrics: health.metrics,
+    }))
 }

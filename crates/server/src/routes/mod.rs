@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
             post(devices::rotate_credential).delete(devices::revoke_credentials),
         )
         .route("/devices/{id}/groups", get(devices::groups))
+        .route("/devices/{id}/health", get(devices::health))
         .route("/groups", get(groups::list).post(groups::create))
         .route(
             "/groups/{name}",
@@ -69,7 +70,9 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi));
     let device = Router::new()
         .route("/provision", post(device_api::provision))
-        .route("/whoami", get(device_api::whoami));
+        .route("/whoami", get(device_api::whoami))
+        .route("/heartbeat", post(device_api::heartbeat))
+        .route("/heartbeats", post(device_api::heartbeats));
     Router::new()
         .nest("/api/v1", admin)
         .nest("/api/device/v1", device)

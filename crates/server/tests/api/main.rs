@@ -7,6 +7,7 @@ mod helpers;
 mod bad_input;
 mod devices;
 mod groups;
+mod health;
 mod ops;
 mod provisioning;
 mod tour;
