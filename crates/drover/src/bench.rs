@@ -1,6 +1,7 @@
-//! `drover bench`: reproducible benchmarks of a real server. `drover bench registry` starts a server
-//! on a fresh store, imports a synthetic fleet over HTTP, and times fleet queries, counts and
-//! dynamic-group counts, beside an anchor (a plain full-table count) measured in the same run.
+//! `drover bench`: reproducible benchmarks of a real server on a fresh store, each beside an anchor
+//! measured in the same run. `registry` imports a synthetic fleet over HTTP and times fleet queries,
+//! counts and dynamic-group counts (anchor: a plain full-table count); `heartbeats` drives durable
+//! heartbeat ingest over HTTP (anchor: the same server answering `/healthz`).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,27 @@ use serde_json::Value;
 pub enum BenchCommand {
     /// Import a synthetic fleet and time queries, counts and dynamic groups.
     Registry(RegistryArgs),
+    /// Drive heartbeats over HTTP (single or batched) and measure durable throughput and latency.
+    Heartbeats(HeartbeatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    /// Devices sending heartbeats (each with its own credential).
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Heartbeats per request: 1 uses `/heartbeat`, more uses `/heartbeats`.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Store URL (default: SQLite in a temporary directory).
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +65,7 @@ const BENCH_TOKEN: &str = "drv_bench_admin_token_0000000000";
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Registry(args) => registry(args).await,
+        BenchCommand::Heartbeats(args) => heartbeats(args).await,
     }
 }
 
@@ -151,6 +174,179 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
             ms(*median),
             ms(*p95),
             median.as_secs_f64() / anchor.0.as_secs_f64()
+        );
+    }
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// What one load run achieved.
+struct LoadResult {
+    requests: u64,
+    items: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let idx = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        self.latencies[idx.min(self.latencies.len() - 1)]
+    }
+}
+
+/// Runs `connections` workers for `seconds`, each calling `request(worker, n)` in a loop; the
+/// request returns how many items it carried.
+async fn load<F, Fut>(connections: usize, seconds: u64, request: F) -> LoadResult
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
+{
+    let request = std::sync::Arc::new(request);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(connections);
+    for worker in 0..connections {
+        let request = request.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut requests, mut items, mut errors, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match request(worker, n).await {
+                    Ok(carried) => {
+                        latencies.push(sent.elapsed());
+                        requests += 1;
+                        items += carried;
+                    }
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (requests, items, errors, latencies)
+        }));
+    }
+    let mut result = LoadResult { requests: 0, items: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+    for worker in workers {
+        if let Ok((requests, items, errors, latencies)) = worker.await {
+            result.requests += requests;
+            result.items += items;
+            result.errors += errors;
+            result.latencies.extend(latencies);
+        }
+    }
+    result.elapsed = started.elapsed();
+    result.latencies.sort();
+    result
+}
+
+async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.batch > 1000 || args.devices == 0 || args.connections == 0 {
+        bail!("--devices and --connections must be positive and --batch between 1 and 1000");
+    }
+    let dir = TempDir::new();
+    let mut config = ServerConfig::with_data_dir(&dir.path);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.admin_token = Some(BENCH_TOKEN.into());
+    if let Some(store) = &args.store {
+        config.store_url = store.clone();
+    }
+    let server = drover_server::start(config, std::future::pending()).await?;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
+    println!(
+        "# drover bench heartbeats: {} devices, {} connections, {} heartbeat(s) per request, {} s, on {}",
+        args.devices,
+        args.connections,
+        args.batch,
+        args.seconds,
+        server.store.backend_name()
+    );
+
+    // Enrol the devices and keep their credentials.
+    let mut credentials = Vec::with_capacity(args.devices);
+    for chunk_start in (0..args.devices).step_by(64) {
+        let requests = (chunk_start..(chunk_start + 64).min(args.devices)).map(|idx| {
+            let http = http.clone();
+            let base = base.clone();
+            async move {
+                let response = http
+                    .post(format!("{base}/api/v1/devices"))
+                    .bearer_auth(BENCH_TOKEN)
+                    .json(&serde_json::json!({ "id": format!("hb-{idx:06}"), "device_type": "sensor", "firmware": "2.3.0", "issue_credential": true }))
+                    .send()
+                    .await?;
+                let body: Value = response.json().await?;
+                body["credential"].as_str().map(str::to_owned).context("no credential in response")
+            }
+        });
+        for credential in futures::future::join_all(requests).await {
+            credentials.push(credential?);
+        }
+    }
+    let credentials = std::sync::Arc::new(credentials);
+
+    // Anchor: the same server, clients and connections answering /healthz (no auth, no database).
+    let anchor = {
+        let (http, url) = (http.clone(), format!("{base}/healthz"));
+        load(args.connections, args.seconds, move |_, _| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let response = http.get(url).send().await?;
+                anyhow::ensure!(response.status().is_success(), "{}", response.status());
+                response.bytes().await?;
+                Ok(1)
+            }
+        })
+        .await
+    };
+
+    let batch = args.batch;
+    let measured = {
+        let (http, base, credentials) = (http.clone(), base.clone(), credentials.clone());
+        load(args.connections, args.seconds, move |worker, n| {
+            let (http, base, credentials) = (http.clone(), base.clone(), credentials.clone());
+            async move {
+                let device = (worker + n as usize * 7919) % credentials.len();
+                let heartbeat = |i: u64| {
+                    serde_json::json!({ "metrics": {
+                        "battery_v": 3.6 + (i % 10) as f64 / 100.0, "temp_c": 20.0 + (i % 7) as f64,
+                        "rssi_dbm": -60.0 - (i % 20) as f64, "uptime_s": 3600 + i, "cpu_pct": 12.5
+                    } })
+                };
+                let request = if batch == 1 {
+                    http.post(format!("{base}/api/device/v1/heartbeat")).json(&heartbeat(n))
+                } else {
+                    let heartbeats: Vec<Value> = (0..batch as u64).map(|i| heartbeat(n * 1000 + i)).collect();
+                    http.post(format!("{base}/api/device/v1/heartbeats")).json(&serde_json::json!({ "heartbeats": heartbeats }))
+                };
+                let response = request.bearer_auth(&credentials[device]).send().await?;
+                anyhow::ensure!(response.status().is_success(), "{}", response.status());
+                let ack: Value = response.json().await?;
+                Ok(ack["accepted"].as_u64().unwrap_or(0))
+            }
+        })
+        .await
+    };
+
+    println!();
+    println!("| measurement | requests/s | heartbeats/s | p50 ms | p99 ms | errors | ratio to anchor (requests/s) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let rate = |r: &LoadResult, n: u64| n as f64 / r.elapsed.as_secs_f64();
+    let anchor_rps = rate(&anchor, anchor.requests);
+    for (name, result) in [("anchor: GET /healthz", &anchor), ("heartbeats (durable)", &measured)] {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {:.2} |",
+            rate(result, result.requests),
+            if std::ptr::eq(result, &anchor) { 0.0 } else { rate(result, result.items) },
+            ms(result.percentile(0.50)),
+            ms(result.percentile(0.99)),
+            result.errors,
+            rate(result, result.requests) / anchor_rps
         );
     }
     server.shutdown().await?;

@@ -7,7 +7,7 @@ use drover_core::{
 };
 use drover_proto::devices::{
     BulkUpdate, BulkUpdateResult, CreatedDevice, DeviceCredential, DeviceGroups, DevicePatch,
-    DeviceView, NewDevice,
+    DeviceView, HealthView, NewDevice,
 };
 use drover_proto::Count;
 use reqwest::Method;
@@ -15,7 +15,7 @@ use reqwest::Method;
 use crate::cli::client::{decode, param, Client, Params};
 use crate::cli::output::{self, emit, fields, or_dash, print_json, Table};
 use crate::cli::paging::{self, Paging};
-use crate::cli::{import, parse_tag, wire_name, CliError};
+use crate::cli::{import, parse_tag, wire_name, CliError, ErrorKind};
 
 /// `drover devices` subcommands.
 #[derive(Debug, Subcommand)]
@@ -242,7 +242,16 @@ pub async fn run(client: &Client, json: bool, command: DevicesCommand) -> Result
                     .get(&["devices", id.as_str(), "groups"], &Params::new())
                     .await?,
             )?;
-            emit(&device_block(&decode(device)?, Some(&groups.groups), now))
+            // A device that never sent a heartbeat has no health yet: not an error for `show`.
+            let health: Option<HealthView> =
+                match client.get(&["devices", id.as_str(), "health"], &Params::new()).await {
+                    Ok(value) => Some(decode(value)?),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+            let mut text = device_block(&decode(device)?, Some(&groups.groups), now);
+            text.push_str(&health_block(health.as_ref(), now));
+            emit(&text)
         }
         DevicesCommand::Create(args) => create(client, json, args).await,
         DevicesCommand::Update(args) => {
@@ -437,6 +446,30 @@ pub fn device_block(device: &DeviceView, groups: Option<&[String]>, now: Timesta
         ("Last seen", last_seen),
     ]);
     fields(&pairs)
+}
+
+/// The latest heartbeat under a device's key-value block: when, then one line per metric with
+/// its unit for known metrics.
+pub fn health_block(health: Option<&HealthView>, now: Timestamp) -> String {
+    let Some(health) = health else {
+        return "\nHealth:       no heartbeat yet\n".to_owned();
+    };
+    let mut pairs = vec![(
+        "Health".to_owned(),
+        format!("{} ({})", output::time(health.observed_at), output::relative(health.observed_at, now)),
+    )];
+    if let Some(slot) = &health.boot_slot {
+        pairs.push(("  boot slot".to_owned(), slot.clone()));
+    }
+    for (name, value) in &health.metrics {
+        let unit = drover_core::health::MetricName::parse(name)
+            .ok()
+            .and_then(|m| m.known())
+            .map_or("", |known| known.unit);
+        pairs.push((format!("  {name}"), format!("{value} {unit}").trim_end().to_owned()));
+    }
+    let pairs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    format!("\n{}", fields(&pairs))
 }
 
 impl PatchArgs {
