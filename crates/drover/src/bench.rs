@@ -213,7 +213,8 @@ where
     for worker in 0..connections {
         let request = request.clone();
         workers.push(tokio::spawn(async move {
-            let (mut requests, mut items, mut errors, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
+            let (mut requests, mut items, mut errors, mut latencies) =
+                (0u64, 0u64, 0u64, Vec::new());
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let sent = Instant::now();
@@ -230,7 +231,13 @@ where
             (requests, items, errors, latencies)
         }));
     }
-    let mut result = LoadResult { requests: 0, items: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+    let mut result = LoadResult {
+        requests: 0,
+        items: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
     for worker in workers {
         if let Ok((requests, items, errors, latencies)) = worker.await {
             result.requests += requests;
@@ -257,7 +264,9 @@ async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
     }
     let server = drover_server::start(config, std::future::pending()).await?;
     let base = format!("http://{}", server.addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
     println!(
         "# drover bench heartbeats: {} devices, {} connections, {} heartbeat(s) per request, {} s, on {}",
         args.devices,
@@ -319,10 +328,13 @@ async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
                     } })
                 };
                 let request = if batch == 1 {
-                    http.post(format!("{base}/api/device/v1/heartbeat")).json(&heartbeat(n))
+                    http.post(format!("{base}/api/device/v1/heartbeat"))
+                        .json(&heartbeat(n))
                 } else {
-                    let heartbeats: Vec<Value> = (0..batch as u64).map(|i| heartbeat(n * 1000 + i)).collect();
-                    http.post(format!("{base}/api/device/v1/heartbeats")).json(&serde_json::json!({ "heartbeats": heartbeats }))
+                    let heartbeats: Vec<Value> =
+                        (0..batch as u64).map(|i| heartbeat(n * 1000 + i)).collect();
+                    http.post(format!("{base}/api/device/v1/heartbeats"))
+                        .json(&serde_json::json!({ "heartbeats": heartbeats }))
                 };
                 let response = request.bearer_auth(&credentials[device]).send().await?;
                 anyhow::ensure!(response.status().is_success(), "{}", response.status());
@@ -338,11 +350,18 @@ async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let rate = |r: &LoadResult, n: u64| n as f64 / r.elapsed.as_secs_f64();
     let anchor_rps = rate(&anchor, anchor.requests);
-    for (name, result) in [("anchor: GET /healthz", &anchor), ("heartbeats (durable)", &measured)] {
+    for (name, result) in [
+        ("anchor: GET /healthz", &anchor),
+        ("heartbeats (durable)", &measured),
+    ] {
         println!(
             "| {name} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {:.2} |",
             rate(result, result.requests),
-            if std::ptr::eq(result, &anchor) { 0.0 } else { rate(result, result.items) },
+            if std::ptr::eq(result, &anchor) {
+                0.0
+            } else {
+                rate(result, result.items)
+            },
             ms(result.percentile(0.50)),
             ms(result.percentile(0.99)),
             result.errors,

@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub pg_max_connections: Option<usize>,
     pub max_body_bytes: Option<usize>,
     pub max_import_bytes: Option<usize>,
+    /// How long raw heartbeat samples are kept, e.g. `7d`.
+    pub sample_retention: Option<String>,
 }
 
 impl FileConfig {
@@ -98,6 +100,10 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
     }
     if let Some(n) = file.max_import_bytes {
         config.max_import_bytes = n;
+    }
+    if let Some(text) = &file.sample_retention {
+        config.sample_retention = drover_core::Duration::parse(text)
+            .map_err(|e| anyhow::anyhow!("sample_retention: {e}"))?;
     }
     config.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     if let Some(token) = &config.admin_token {

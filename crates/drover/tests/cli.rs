@@ -693,3 +693,94 @@ async fn recover_admin_creates_a_working_admin_token_in_the_store() {
     );
     test.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_set_builds_nested_desired_state_that_get_shows() {
+    let app = spawn_server().await;
+    app.drover(&["devices", "create", "--type", "lamp", "--id", "lamp-1"])
+        .await
+        .ok();
+
+    let set = app
+        .drover(&[
+            "shadow",
+            "set",
+            "lamp-1",
+            "led=on",
+            "cfg.rate=5",
+            "cfg.label=\"5\"",
+            "--desired",
+            r#"{"cfg": {"mode": "eco"}, "tags": ["a"]}"#,
+        ])
+        .await
+        .ok();
+    assert!(set.contains("Version:   1"), "{set}");
+    assert!(set.contains("cfg.rate = 5"), "{set}");
+
+    let shadow = app
+        .drover(&["--json", "shadow", "get", "lamp-1"])
+        .await
+        .json();
+    assert_eq!(
+        shadow["state"]["desired"],
+        json!({"led": "on", "cfg": {"rate": 5, "label": "5", "mode": "eco"}, "tags": ["a"]})
+    );
+    assert_eq!(shadow["state"]["delta"], shadow["state"]["desired"]);
+    assert_eq!(shadow["version"], 1);
+
+    // A file, a deletion with null, a named shadow, and the version guard (409 → exit 5).
+    let file = app.file("desired.json", r#"{"cfg": {"rate": 9}}"#);
+    app.drover(&[
+        "shadow",
+        "set",
+        "lamp-1",
+        "--json-file",
+        &file,
+        "led=null",
+        "--expect-version",
+        "1",
+    ])
+    .await
+    .ok();
+    let stale = app
+        .drover(&[
+            "shadow",
+            "set",
+            "lamp-1",
+            "led=off",
+            "--expect-version",
+            "1",
+        ])
+        .await;
+    assert_eq!(stale.code, 5, "{stale:?}");
+    assert!(stale.stderr.contains("version conflict"), "{stale:?}");
+    let shadow = app
+        .drover(&["--json", "shadow", "get", "lamp-1"])
+        .await
+        .json();
+    assert_eq!(
+        shadow["state"]["desired"],
+        json!({"cfg": {"rate": 9, "label": "5", "mode": "eco"}, "tags": ["a"]})
+    );
+    app.drover(&["shadow", "set", "lamp-1", "--name", "ota", "slot=b"])
+        .await
+        .ok();
+    let ota = app
+        .drover(&["--json", "shadow", "get", "lamp-1", "--name", "ota"])
+        .await
+        .json();
+    assert_eq!(ota["state"]["desired"], json!({"slot": "b"}));
+
+    let deleted = app
+        .drover(&["shadow", "delete", "lamp-1", "--name", "ota"])
+        .await
+        .ok();
+    assert_eq!(deleted, "Deleted shadow \"ota\" of device lamp-1.\n");
+    let gone = app
+        .drover(&["shadow", "get", "lamp-1", "--name", "ota"])
+        .await;
+    assert_eq!(gone.code, 4, "{gone:?}");
+    let nothing = app.drover(&["shadow", "set", "lamp-1"]).await;
+    assert_eq!(nothing.code, 2, "{nothing:?}");
+    app.stop().await;
+}

@@ -13,6 +13,7 @@
 //! - [`auth`]: operator API tokens, roles and claim tokens.
 //! - [`audit`]: audit log entries.
 //! - [`device_api`]: what devices send and receive (provisioning, whoami).
+//! - [`shadow`]: device shadow documents, updates, deltas (both APIs).
 
 pub mod audit;
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod device_api;
 pub mod devices;
 pub mod error;
 pub mod groups;
+pub mod shadow;
 
 /// A page of results with an opaque cursor for the next one (keyset pagination: stable while rows
 /// are added or removed elsewhere in the list).

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub max_import_bytes: usize,
     /// Heartbeat group commit: queue length, batch size, rollup bucket.
     pub ingest: crate::ingest::IngestConfig,
+    /// How long raw heartbeat samples are kept for per-device charts (rollups are kept).
+    pub sample_retention: drover_core::Duration,
 }
 
 impl ServerConfig {
@@ -36,6 +38,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             max_import_bytes: 1 << 30,
             ingest: crate::ingest::IngestConfig::default(),
+            sample_retention: drover_core::Duration::from_secs(7 * 86_400),
         }
     }
 

@@ -4,6 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use drover_core::shadow::ShadowError;
 use drover_proto::error::{ErrorBody, ErrorDetail};
 use drover_store::StoreError;
 
@@ -91,6 +92,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::unprocessable(m),
             StoreError::Unauthorized(m) => ApiError::unauthorized(m),
             StoreError::Forbidden(m) => ApiError::forbidden(m),
+            StoreError::Shadow(e) => e.into(),
             StoreError::Import(lines) => {
                 let n = lines.len();
                 let lines: Vec<_> = lines
@@ -125,6 +127,50 @@ impl From<StoreError> for ApiError {
             | StoreError::Corrupt(_)
             | StoreError::Backend(_)
             | StoreError::Interrupted) => ApiError::internal(other),
+        }
+    }
+}
+
+/// A refused shadow update: `409` for a version conflict (with the current version in the
+/// details, so a client can re-read and retry), `413` for a section over the size limit, `422` for
+/// any other well-formed but unacceptable update. The code is [`ShadowError::code`].
+impl From<ShadowError> for ApiError {
+    fn from(e: ShadowError) -> ApiError {
+        let (status, details) = match &e {
+            ShadowError::VersionConflict { expected, current } => (
+                StatusCode::CONFLICT,
+                Some(
+                    serde_json::json!({ "expected_version": expected, "current_version": current }),
+                ),
+            ),
+            ShadowError::TooLarge {
+                section,
+                bytes,
+                max,
+            } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(
+                    serde_json::json!({ "section": section.as_str(), "bytes": bytes, "max_bytes": max }),
+                ),
+            ),
+            ShadowError::TooDeep { section, path, max } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(
+                    serde_json::json!({ "section": section.as_str(), "path": path, "max_depth": max }),
+                ),
+            ),
+            ShadowError::InvalidKey {
+                section, path, key, ..
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(serde_json::json!({ "section": section.as_str(), "path": path, "key": key })),
+            ),
+            ShadowError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, None),
+        };
+        let error = ApiError::new(status, e.code(), e.to_string());
+        match details {
+            Some(details) => error.with_details(details),
+            None => error,
         }
     }
 }

@@ -147,7 +147,7 @@ mod tests {
             let ingest = ingest.clone();
             async move { ingest.submit(vec![record()]).await }
         });
-        while rx.len() == 0 {
+        while rx.is_empty() {
             tokio::task::yield_now().await;
         }
         assert!(matches!(

@@ -9,9 +9,11 @@
 //! - [`config`]: the validated server configuration.
 //! - `error`: `ApiError`, the one error body every endpoint returns.
 //! - `extract`: extractors for JSON bodies, query strings, operator tokens and device credentials.
-//! - `routes`: handlers, one module per resource (devices, groups, auth, audit, device API, ops).
+//! - `routes`: handlers, one module per resource (devices, groups, auth, audit, device API,
+//!   shadows, ops).
 //! - `import`: streaming CSV / JSON-lines parsing for bulk device import.
 //! - [`ingest`]: group commit of heartbeats with a bounded queue (backpressure).
+//! - [`shadow_hub`]: in-process notification of shadow changes, for long-polls (and later MQTT).
 //! - `metrics`: Prometheus metrics and the request-metrics middleware.
 //! - `openapi`: the OpenAPI 3 document generated from the handlers' annotations.
 
@@ -23,6 +25,7 @@ pub mod ingest;
 mod metrics;
 mod openapi;
 mod routes;
+pub mod shadow_hub;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +45,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     metrics: Arc<metrics::Metrics>,
     ingest: ingest::Ingest,
+    /// Wakes shadow long-polls when a shadow changes through this server.
+    shadows: shadow_hub::ShadowHub,
     /// When each token's `last_used_at` was last written, so that busy tokens cost one write a minute.
     token_touches: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -126,25 +131,34 @@ pub async fn start(
         .context("cannot create the first admin token")?
         .filter(|_| config.admin_token.is_none());
     let addr = listener.local_addr()?;
+    let sample_retention = config.sample_retention;
+    let shadows = shadow_hub::ShadowHub::new();
     let state = AppState {
         store: store.clone(),
         ingest: ingest::Ingest::start(store.clone(), config.ingest),
         config: Arc::new(config),
         metrics: Arc::new(metrics::Metrics::new()),
+        shadows: shadows.clone(),
         token_touches: Arc::default(),
     };
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = rx => {}
                     _ = shutdown_signal => {}
                 }
+                // Long-polls would otherwise hold graceful shutdown up for up to a minute.
+                shadows.close();
             })
             .await
-            .context("HTTP server failed")
+            .context("HTTP server failed");
+        // Background loops live exactly as long as the server.
+        housekeeping.abort();
+        served
     });
     tracing::info!(%addr, store = store.backend_name(), "drover is listening");
     Ok(RunningServer {
@@ -154,6 +168,24 @@ pub async fn start(
         shutdown: Some(tx),
         task,
     })
+}
+
+/// How often housekeeping runs.
+const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Housekeeping: prunes raw heartbeat samples past their retention. Runs for the life of the
+/// process; with several replicas each prunes, which is harmless (the delete is idempotent).
+async fn maintenance(store: Store, retention: drover_core::Duration) {
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    loop {
+        tick.tick().await;
+        let before = now().saturating_add(retention.neg());
+        match store.prune_heartbeat_samples(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned heartbeat samples past retention"),
+            Err(e) => tracing::warn!(error = %e, "could not prune heartbeat samples"),
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

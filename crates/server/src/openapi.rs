@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{audit, auth, device_api, devices, groups};
+use crate::routes::{audit, auth, device_api, devices, groups, shadow};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,7 +18,9 @@ use crate::routes::{audit, auth, device_api, devices, groups};
         auth::whoami, auth::list_tokens, auth::create_token, auth::revoke_token,
         auth::list_claims, auth::create_claim, auth::get_claim, auth::revoke_claim,
         audit::list, crate::routes::check_query,
+        shadow::get, shadow::update, shadow::delete, shadow::list,
         device_api::provision, device_api::whoami, device_api::heartbeat, device_api::heartbeats,
+        shadow::device_get, shadow::device_update, shadow::device_delta,
     ),
     components(schemas(drover_proto::devices::OnConflict)),
     modifiers(&SecuritySchemes),
@@ -27,6 +29,7 @@ use crate::routes::{audit, auth, device_api, devices, groups};
         (name = "groups", description = "Static and dynamic groups"),
         (name = "auth", description = "Operator tokens and claim tokens"),
         (name = "audit", description = "Audit log"),
+        (name = "shadows", description = "Device shadows: desired and reported state"),
         (name = "device", description = "Device API"),
     )
 )]

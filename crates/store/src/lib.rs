@@ -9,7 +9,7 @@
 //! - `sqlite`, `postgres`: the backends (connections, transactions, type mapping).
 //! - `migrate`: versioned schema migrations per backend (`migrations/{sqlite,postgres}/*.sql`).
 //! - `ops`: the operations, written once against `Db`: devices, groups, credentials and
-//!   provisioning, tokens and claims, audit.
+//!   provisioning, tokens and claims, audit, heartbeats, device shadows.
 //! - [`secret`]: random secrets and their hashes.
 
 pub mod db;
@@ -23,6 +23,9 @@ pub mod testing;
 use std::path::PathBuf;
 
 use drover_core::query::Query;
+use drover_core::shadow::{
+    ShadowDocument, ShadowError, ShadowLimits, ShadowName, ShadowUpdate, UpdateOutcome,
+};
 use drover_core::{Device, DeviceId, GroupName, Timestamp};
 use drover_proto::audit::AuditEntry;
 use drover_proto::auth::{ClaimView, NewClaim, NewToken, TokenView};
@@ -30,6 +33,7 @@ use drover_proto::devices::{
     DevicePatch, DeviceSort, ImportResult, NewDevice, OnConflict, SortOrder,
 };
 use drover_proto::groups::{GroupPatch, GroupView, NewGroup};
+use drover_proto::shadow::ShadowSummary;
 use drover_proto::Page;
 
 pub use ops::audit::AuditFilter;
@@ -60,6 +64,10 @@ pub enum StoreError {
     /// The request is valid but the caller may not do it.
     #[error("{0}")]
     Forbidden(String),
+    /// A shadow update was refused by the shadow rules: a version conflict, a limit, a malformed
+    /// state. [`ShadowError::code`] names which.
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
     /// A bulk import was rejected; each entry is a line number and what is wrong with it.
     #[error("import rejected: {} line(s) have errors", .0.len())]
     Import(Vec<(u64, String)>),
@@ -578,6 +586,70 @@ impl Store {
     pub async fn prune_heartbeat_samples(&self, before: Timestamp) -> Result<u64, StoreError> {
         with_db!(self, write, |db| ops::health::prune_samples(db, before)
             .await)
+    }
+
+    // ---- device shadows -------------------------------------------------------------------------
+
+    /// A device's shadow (`name` `None`: the classic shadow), or `None` if it was never written or
+    /// has been deleted. An unknown device is `NotFound`.
+    pub async fn get_shadow(
+        &self,
+        id: &DeviceId,
+        name: Option<&ShadowName>,
+    ) -> Result<Option<ShadowDocument>, StoreError> {
+        let (id, name) = (id.clone(), name.cloned());
+        with_db!(self, read, |db| ops::shadow::get(db, &id, name.as_ref())
+            .await)
+    }
+
+    /// Applies an update to a device's shadow, storing it only if it changed something. Returns what
+    /// the update did and the document after it. Rejections are [`StoreError::Shadow`].
+    pub async fn update_shadow(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        name: Option<&ShadowName>,
+        update: ShadowUpdate,
+        now: Timestamp,
+        limits: ShadowLimits,
+    ) -> Result<(UpdateOutcome, ShadowDocument), StoreError> {
+        let (actor, id, name) = (actor.clone(), id.clone(), name.cloned());
+        with_db!(self, write, |db| ops::shadow::update(
+            db,
+            &actor,
+            &id,
+            name.as_ref(),
+            update,
+            now,
+            &limits
+        )
+        .await)
+    }
+
+    /// Deletes a device's shadow, keeping its version for the next one. Returns that version, or
+    /// `None` if there was no shadow.
+    pub async fn delete_shadow(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        name: Option<&ShadowName>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let (actor, id, name) = (actor.clone(), id.clone(), name.cloned());
+        with_db!(self, write, |db| ops::shadow::delete(
+            db,
+            &actor,
+            &id,
+            name.as_ref(),
+            now
+        )
+        .await)
+    }
+
+    /// The shadows of a device, the classic one first.
+    pub async fn list_shadows(&self, id: &DeviceId) -> Result<Vec<ShadowSummary>, StoreError> {
+        let id = id.clone();
+        with_db!(self, read, |db| ops::shadow::list(db, &id).await)
     }
 
     // ---- operator tokens, claims, audit --------------------------------------------------------

@@ -28,6 +28,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_health.sql"),
         postgres: include_str!("../migrations/postgres/0002_health.sql"),
     },
+    Migration {
+        version: 3,
+        name: "shadows",
+        sqlite: include_str!("../migrations/sqlite/0003_shadows.sql"),
+        postgres: include_str!("../migrations/postgres/0003_shadows.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying Drover's migration lock.

@@ -104,6 +104,22 @@ impl Client {
         self.send(self.request(method, path).json(body)).await
     }
 
+    /// A request with query parameters and, if given, a JSON body, e.g. `PATCH
+    /// /api/v1/devices/{id}/shadow?name=config`.
+    pub async fn call_with<B: Serialize>(
+        &self,
+        method: Method,
+        path: &[&str],
+        params: &Params,
+        body: Option<&B>,
+    ) -> Result<Value, CliError> {
+        let mut request = self.request(method, path).query(params);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
     /// `POST /api/v1/<path>` with a streamed body of `content_type`.
     pub async fn upload(
         &self,

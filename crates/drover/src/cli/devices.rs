@@ -243,12 +243,14 @@ pub async fn run(client: &Client, json: bool, command: DevicesCommand) -> Result
                     .await?,
             )?;
             // A device that never sent a heartbeat has no health yet: not an error for `show`.
-            let health: Option<HealthView> =
-                match client.get(&["devices", id.as_str(), "health"], &Params::new()).await {
-                    Ok(value) => Some(decode(value)?),
-                    Err(e) if e.kind == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e),
-                };
+            let health: Option<HealthView> = match client
+                .get(&["devices", id.as_str(), "health"], &Params::new())
+                .await
+            {
+                Ok(value) => Some(decode(value)?),
+                Err(e) if e.kind == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
             let mut text = device_block(&decode(device)?, Some(&groups.groups), now);
             text.push_str(&health_block(health.as_ref(), now));
             emit(&text)
@@ -456,7 +458,11 @@ pub fn health_block(health: Option<&HealthView>, now: Timestamp) -> String {
     };
     let mut pairs = vec![(
         "Health".to_owned(),
-        format!("{} ({})", output::time(health.observed_at), output::relative(health.observed_at, now)),
+        format!(
+            "{} ({})",
+            output::time(health.observed_at),
+            output::relative(health.observed_at, now)
+        ),
     )];
     if let Some(slot) = &health.boot_slot {
         pairs.push(("  boot slot".to_owned(), slot.clone()));
@@ -466,7 +472,10 @@ pub fn health_block(health: Option<&HealthView>, now: Timestamp) -> String {
             .ok()
             .and_then(|m| m.known())
             .map_or("", |known| known.unit);
-        pairs.push((format!("  {name}"), format!("{value} {unit}").trim_end().to_owned()));
+        pairs.push((
+            format!("  {name}"),
+            format!("{value} {unit}").trim_end().to_owned(),
+        ));
     }
     let pairs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     format!("\n{}", fields(&pairs))

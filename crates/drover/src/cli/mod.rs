@@ -25,7 +25,7 @@
 //! - [`output`]: aligned tables, key-value blocks, time formatting, the upload progress line.
 //! - [`paging`]: one page with a hint for the next, or every page with `--all`.
 //! - [`devices`] (with [`import`]), [`groups`], [`auth`] (claims, tokens, whoami), [`audit`],
-//!   [`query`]: the commands.
+//!   [`query`], [`shadow`]: the commands.
 
 pub mod audit;
 pub mod auth;
@@ -36,6 +36,7 @@ pub mod import;
 pub mod output;
 pub mod paging;
 pub mod query;
+pub mod shadow;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -96,6 +97,9 @@ pub enum AdminCommand {
     /// Check fleet queries.
     #[command(subcommand)]
     Query(query::QueryCommand),
+    /// Device shadows: set desired state, see what the device reports and what it has yet to do.
+    #[command(subcommand)]
+    Shadow(shadow::ShadowCommand),
 }
 
 /// Runs an admin subcommand, prints any error and maps it to the exit code.
@@ -120,6 +124,7 @@ async fn dispatch(options: &ClientOptions, command: AdminCommand) -> Result<(), 
         AdminCommand::Whoami => auth::whoami(&client, json).await,
         AdminCommand::Audit(args) => audit::run(&client, json, args).await,
         AdminCommand::Query(command) => query::run(&client, json, command).await,
+        AdminCommand::Shadow(command) => shadow::run(&client, json, command).await,
     }
 }
 

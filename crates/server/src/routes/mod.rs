@@ -6,6 +6,7 @@ pub mod device_api;
 pub mod devices;
 pub mod groups;
 pub mod ops;
+pub mod shadow;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -21,6 +22,8 @@ use crate::AppState;
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let max_import = state.config.max_import_bytes;
+    // Shadow updates are refused before parsing when far larger than any valid update can be.
+    let max_shadow = shadow::max_update_bytes();
     let admin = Router::new()
         .route("/devices", get(devices::list).post(devices::create))
         .route("/devices/count", get(devices::count))
@@ -45,6 +48,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/devices/{id}/groups", get(devices::groups))
         .route("/devices/{id}/health", get(devices::health))
+        .route(
+            "/devices/{id}/shadow",
+            get(shadow::get)
+                .patch(shadow::update)
+                .delete(shadow::delete)
+                .layer(DefaultBodyLimit::max(max_shadow)),
+        )
+        .route("/devices/{id}/shadows", get(shadow::list))
         .route("/groups", get(groups::list).post(groups::create))
         .route(
             "/groups/{name}",
@@ -72,7 +83,14 @@ pub fn router(state: AppState) -> Router {
         .route("/provision", post(device_api::provision))
         .route("/whoami", get(device_api::whoami))
         .route("/heartbeat", post(device_api::heartbeat))
-        .route("/heartbeats", post(device_api::heartbeats));
+        .route("/heartbeats", post(device_api::heartbeats))
+        .route(
+            "/shadow",
+            get(shadow::device_get)
+                .post(shadow::device_update)
+                .layer(DefaultBodyLimit::max(max_shadow)),
+        )
+        .route("/shadow/delta", get(shadow::device_delta));
     Router::new()
         .nest("/api/v1", admin)
         .nest("/api/device/v1", device)

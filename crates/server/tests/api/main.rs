@@ -10,4 +10,5 @@ mod groups;
 mod health;
 mod ops;
 mod provisioning;
+mod shadow;
 mod tour;

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod groups;
 pub mod health;
 pub mod provision;
+pub mod shadow;
 
 use drover_core::Timestamp;
 

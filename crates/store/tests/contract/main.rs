@@ -17,6 +17,7 @@
 //! - `auth`: operator tokens and the first-start admin token.
 //! - `audit`: what mutations record, and reading the log back with filters and paging.
 //! - `health`: heartbeat ingest, latest health and cohort rollups.
+//! - `shadow`: device shadows: merge and persistence, versions under concurrency, tombstones, limits.
 
 /// Expands each `async fn name(store: Store) { … }` into a module `name` holding the scenario and
 /// the tests `on_sqlite` and `on_postgres` that run it on a fresh database of each backend.
@@ -69,3 +70,4 @@ mod health;
 mod listing;
 mod provisioning;
 mod query_agreement;
+mod shadow;

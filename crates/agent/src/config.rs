@@ -1,0 +1,414 @@
+//! Configuration: flags and environment variables (`DROVER_AGENT_*`) override the TOML file
+//! (`--config`, default `/etc/drover/agent.toml`), which overrides the defaults. Everything is
+//! validated here, once, into a [`Config`]; the rest of the agent only sees valid values.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drover_core::health::MetricName;
+use drover_core::{DeviceId, DeviceType, HardwareId, Label, Version};
+use serde::Deserialize;
+
+/// Where the agent looks for its configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/agent.toml";
+/// Where the credential lives unless configured otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/drover-agent";
+/// Read for the hardware id when none is configured.
+pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
+
+/// Command-line flags; each can also be set by the environment variable shown in `--help`.
+#[derive(Debug, Default, Clone, clap::Parser)]
+#[command(
+    name = "drover-agent",
+    version,
+    about = "Drover device agent: provisions this device and reports its health to a Drover server."
+)]
+pub struct Cli {
+    /// Configuration file [default: /etc/drover/agent.toml, if it exists].
+    #[arg(long, env = "DROVER_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Base URL of the Drover server, e.g. https://drover.example.com.
+    #[arg(long, env = "DROVER_AGENT_SERVER_URL")]
+    pub server_url: Option<String>,
+    /// Directory for the credential [default: /var/lib/drover-agent].
+    #[arg(long, env = "DROVER_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This unit's hardware id [default: the content of /etc/machine-id].
+    #[arg(long, env = "DROVER_AGENT_HARDWARE_ID")]
+    pub hardware_id: Option<String>,
+    /// Claim token for the first provisioning (not needed once the device has a credential).
+    #[arg(long, env = "DROVER_AGENT_CLAIM_TOKEN", hide_env_values = true)]
+    pub claim_token: Option<String>,
+    /// Secret of a pre-authorised device, as an alternative to a claim token.
+    #[arg(long, env = "DROVER_AGENT_PREAUTH_SECRET", hide_env_values = true)]
+    pub preauth_secret: Option<String>,
+    /// Device id to ask for when provisioning [default: chosen by the server].
+    #[arg(long, env = "DROVER_AGENT_DEVICE_ID")]
+    pub device_id: Option<String>,
+    /// Device type to enrol as.
+    #[arg(long, env = "DROVER_AGENT_DEVICE_TYPE")]
+    pub device_type: Option<String>,
+    /// Hardware revision to enrol with.
+    #[arg(long, env = "DROVER_AGENT_HW_REV")]
+    pub hw_rev: Option<String>,
+    /// Firmware version this device runs (SemVer).
+    #[arg(long, env = "DROVER_AGENT_FIRMWARE")]
+    pub firmware: Option<String>,
+    /// A/B slot the device booted from.
+    #[arg(long, env = "DROVER_AGENT_BOOT_SLOT")]
+    pub boot_slot: Option<String>,
+    /// Time between heartbeats, e.g. 60s or 5m [default: 60s].
+    #[arg(long, env = "DROVER_AGENT_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Each interval is shifted by a random amount up to this [default: a tenth of the interval].
+    #[arg(long, env = "DROVER_AGENT_HEARTBEAT_JITTER")]
+    pub heartbeat_jitter: Option<String>,
+    /// Heartbeats kept in memory while the server is unreachable [default: 1000].
+    #[arg(long, env = "DROVER_AGENT_MAX_BUFFERED_HEARTBEATS")]
+    pub max_buffered_heartbeats: Option<usize>,
+    /// Executable whose stdout lines `name=value` are added as metrics.
+    #[arg(long, env = "DROVER_AGENT_METRICS_COMMAND")]
+    pub metrics_command: Option<PathBuf>,
+    /// Timeout of one request to the server [default: 30s].
+    #[arg(long, env = "DROVER_AGENT_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+}
+
+/// The TOML file, as written. Unknown keys are errors, so a typo does not silently do nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server_url: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub hardware_id: Option<String>,
+    pub claim_token: Option<String>,
+    pub preauth_secret: Option<String>,
+    pub device_id: Option<String>,
+    pub device_type: Option<String>,
+    pub hw_rev: Option<String>,
+    pub firmware: Option<String>,
+    pub boot_slot: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub heartbeat_jitter: Option<String>,
+    pub max_buffered_heartbeats: Option<usize>,
+    pub metrics_command: Option<PathBuf>,
+    pub request_timeout: Option<String>,
+    /// Metrics the OS cannot provide, reported unchanged in every heartbeat.
+    #[serde(default)]
+    pub static_metrics: BTreeMap<String, f64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server_url: String,
+    pub state_dir: PathBuf,
+    /// `None`: read [`MACHINE_ID_PATH`] when provisioning (not needed once provisioned).
+    pub hardware_id: Option<HardwareId>,
+    pub claim_token: Option<String>,
+    pub preauth_secret: Option<String>,
+    pub device_id: Option<DeviceId>,
+    pub device_type: Option<DeviceType>,
+    pub hw_rev: Option<Label>,
+    pub firmware: Option<Version>,
+    pub boot_slot: Option<Label>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_jitter: Duration,
+    pub max_buffered_heartbeats: usize,
+    pub static_metrics: BTreeMap<MetricName, f64>,
+    pub metrics_command: Option<PathBuf>,
+    pub request_timeout: Duration,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML in {path}: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("invalid {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("{key} is required: {hint}")]
+    Missing {
+        key: &'static str,
+        hint: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads the file named by `cli.config` (or the default file if it exists) and merges the
+    /// flags over it.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let raw = match &cli.config {
+            Some(path) => RawConfig::read(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                RawConfig::read(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => RawConfig::default(),
+        };
+        Config::from_parts(cli, raw)
+    }
+
+    /// Parses TOML text (reported as coming from `path`) without any flags.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::from_parts(&Cli::default(), RawConfig::parse(text, path)?)
+    }
+
+    /// Validates flags over file values over defaults.
+    pub fn from_parts(cli: &Cli, raw: RawConfig) -> Result<Config, ConfigError> {
+        let pick = |flag: &Option<String>, file: Option<String>| flag.clone().or(file);
+        let server_url = pick(&cli.server_url, raw.server_url).ok_or(ConfigError::Missing {
+            key: "server_url",
+            hint: "set `server_url` in the configuration file, --server-url or DROVER_AGENT_SERVER_URL",
+        })?;
+        if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
+            return Err(invalid(
+                "server_url",
+                format!("{server_url:?} must start with http:// or https://"),
+            ));
+        }
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            pick(&cli.heartbeat_interval, raw.heartbeat_interval),
+            Duration::from_secs(60),
+        )?;
+        if heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "heartbeat_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        let heartbeat_jitter = duration(
+            "heartbeat_jitter",
+            pick(&cli.heartbeat_jitter, raw.heartbeat_jitter),
+            heartbeat_interval / 10,
+        )?;
+        let max_buffered_heartbeats = cli
+            .max_buffered_heartbeats
+            .or(raw.max_buffered_heartbeats)
+            .unwrap_or(1000);
+        if max_buffered_heartbeats == 0 {
+            return Err(invalid(
+                "max_buffered_heartbeats",
+                "must be at least 1".into(),
+            ));
+        }
+        let mut static_metrics = BTreeMap::new();
+        for (name, value) in raw.static_metrics {
+            let metric =
+                MetricName::parse(&name).map_err(|e| invalid("static_metrics", e.to_string()))?;
+            crate::metrics::check_value(&metric, value)
+                .map_err(|e| invalid("static_metrics", e))?;
+            static_metrics.insert(metric, value);
+        }
+        Ok(Config {
+            server_url,
+            state_dir: cli
+                .state_dir
+                .clone()
+                .or(raw.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            hardware_id: parse_opt(
+                "hardware_id",
+                pick(&cli.hardware_id, raw.hardware_id),
+                HardwareId::parse,
+            )?,
+            claim_token: pick(&cli.claim_token, raw.claim_token).filter(|t| !t.is_empty()),
+            preauth_secret: pick(&cli.preauth_secret, raw.preauth_secret).filter(|t| !t.is_empty()),
+            device_id: parse_opt(
+                "device_id",
+                pick(&cli.device_id, raw.device_id),
+                DeviceId::parse,
+            )?,
+            device_type: parse_opt(
+                "device_type",
+                pick(&cli.device_type, raw.device_type),
+                DeviceType::parse,
+            )?,
+            hw_rev: parse_opt("hw_rev", pick(&cli.hw_rev, raw.hw_rev), Label::parse)?,
+            firmware: parse_opt(
+                "firmware",
+                pick(&cli.firmware, raw.firmware),
+                Version::parse,
+            )?,
+            boot_slot: parse_opt(
+                "boot_slot",
+                pick(&cli.boot_slot, raw.boot_slot),
+                Label::parse,
+            )?,
+            heartbeat_interval,
+            heartbeat_jitter,
+            max_buffered_heartbeats,
+            static_metrics,
+            metrics_command: cli.metrics_command.clone().or(raw.metrics_command),
+            request_timeout: duration(
+                "request_timeout",
+                pick(&cli.request_timeout, raw.request_timeout),
+                Duration::from_secs(30),
+            )?,
+        })
+    }
+
+    /// The hardware id to provision with: configured, or the machine id.
+    pub fn resolve_hardware_id(&self) -> Result<HardwareId, ConfigError> {
+        if let Some(id) = &self.hardware_id {
+            return Ok(id.clone());
+        }
+        let text = std::fs::read_to_string(MACHINE_ID_PATH).map_err(|_| ConfigError::Missing {
+            key: "hardware_id",
+            hint: "this system has no readable /etc/machine-id; set `hardware_id` in the configuration file or --hardware-id",
+        })?;
+        HardwareId::parse(text.trim())
+            .map_err(|e| invalid("hardware_id", format!("from {MACHINE_ID_PATH}: {e}")))
+    }
+}
+
+impl RawConfig {
+    pub fn read(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        RawConfig::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+}
+
+fn invalid(key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { key, message }
+}
+
+fn parse_opt<T, E: std::fmt::Display>(
+    key: &'static str,
+    value: Option<String>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Option<T>, ConfigError> {
+    value
+        .map(|text| parse(&text).map_err(|e| invalid(key, e.to_string())))
+        .transpose()
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let parsed = drover_core::Duration::parse(&text).map_err(|e| invalid(key, e.to_string()))?;
+    Ok(Duration::from_millis(parsed.as_millis().max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn a_full_file_parses_into_typed_values() {
+        let config = parse(
+            r#"
+            server_url = "https://drover.example.com"
+            state_dir = "/tmp/agent"
+            hardware_id = "SN-0001"
+            claim_token = "drv_claim_x"
+            device_type = "gateway"
+            firmware = "1.2.3"
+            boot_slot = "a"
+            heartbeat_interval = "5m"
+            heartbeat_jitter = "10s"
+            max_buffered_heartbeats = 50
+            metrics_command = "/usr/local/bin/metrics"
+            [static_metrics]
+            battery_v = 3.7
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(300));
+        assert_eq!(config.heartbeat_jitter, Duration::from_secs(10));
+        assert_eq!(config.max_buffered_heartbeats, 50);
+        assert_eq!(config.firmware.unwrap().to_string(), "1.2.3");
+        assert_eq!(config.static_metrics.len(), 1);
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/agent"));
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_server_is_given() {
+        let config = parse(r#"server_url = "http://127.0.0.1:8080""#).unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(60));
+        assert_eq!(config.heartbeat_jitter, Duration::from_secs(6));
+        assert_eq!(config.max_buffered_heartbeats, 1000);
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert!(config.hardware_id.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli {
+            heartbeat_interval: Some("10s".into()),
+            ..Cli::default()
+        };
+        let raw = RawConfig::parse(
+            "server_url = \"http://a\"\nheartbeat_interval = \"1m\"",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        let config = Config::from_parts(&cli, raw).unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_configuration_is_reported_precisely() {
+        let cases = [
+            ("server_url = ", "invalid TOML in agent.toml"),
+            (
+                "server_url = \"http://a\"\nheartbeat_intervall = \"1m\"",
+                "unknown field `heartbeat_intervall`",
+            ),
+            ("heartbeat_interval = \"1m\"", "server_url is required"),
+            (
+                "server_url = \"drover.example.com\"",
+                "must start with http:// or https://",
+            ),
+            (
+                "server_url = \"http://a\"\nheartbeat_interval = \"soon\"",
+                "invalid heartbeat_interval",
+            ),
+            (
+                "server_url = \"http://a\"\nfirmware = \"one\"",
+                "invalid firmware",
+            ),
+            (
+                "server_url = \"http://a\"\n[static_metrics]\nBattery = 1.0",
+                "invalid static_metrics",
+            ),
+            (
+                "server_url = \"http://a\"\n[static_metrics]\ncpu_pct = 250.0",
+                "outside",
+            ),
+            (
+                "server_url = \"http://a\"\nmax_buffered_heartbeats = 0",
+                "at least 1",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! [`Transport`] over the HTTP device API (`/api/device/v1`), with ureq: blocking, rustls, no
+//! async runtime. Connections are kept alive between heartbeats.
+
+use std::time::Duration;
+
+use drover_proto::device_api::{
+    Heartbeat, HeartbeatAck, HeartbeatBatch, ProvisionRequest, ProvisionResponse, WhoAmI,
+};
+use serde::de::DeserializeOwned;
+
+use crate::transport::{Credential, Provisioned, Transport, TransportError};
+
+/// Where an absent `Retry-After` on a pending answer leaves the agent.
+const DEFAULT_PENDING_RETRY: Duration = Duration::from_secs(60);
+
+/// The device API over HTTP(S).
+pub struct HttpTransport {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl HttpTransport {
+    /// A client of the server at `server_url` (e.g. `https://drover.example.com`).
+    pub fn new(server_url: &str, timeout: Duration) -> HttpTransport {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("drover-agent/", env!("CARGO_PKG_VERSION")))
+            .build();
+        HttpTransport {
+            base: server_url.trim_end_matches('/').to_owned(),
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/device/v1/{path}", self.base)
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        credential: Option<&Credential>,
+        body: &impl serde::Serialize,
+    ) -> Result<Answer, TransportError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| TransportError::Protocol(format!("cannot encode the request: {e}")))?;
+        let mut request = self
+            .agent
+            .post(self.url(path))
+            .content_type("application/json");
+        if let Some(credential) = credential {
+            request = request.header("authorization", bearer(credential));
+        }
+        Answer::read(request.send(&body[..]))
+    }
+
+    fn get(&self, path: &str, credential: &Credential) -> Result<Answer, TransportError> {
+        let request = self
+            .agent
+            .get(self.url(path))
+            .header("authorization", bearer(credential));
+        Answer::read(request.call())
+    }
+}
+
+impl Transport for HttpTransport {
+    fn provision(&mut self, request: &ProvisionRequest) -> Result<Provisioned, TransportError> {
+        let answer = self.post("provision", None, request)?.success()?;
+        let status = answer.status;
+        let response: ProvisionResponse = answer.json()?;
+        match (status, response.credential.clone()) {
+            (200, Some(secret)) => Ok(Provisioned::Accepted {
+                credential: Credential::new(secret),
+                response,
+            }),
+            (202, None) => Ok(Provisioned::Pending {
+                retry_after: response
+                    .retry_after_secs
+                    .map_or(DEFAULT_PENDING_RETRY, Duration::from_secs),
+                response,
+            }),
+            _ => Err(TransportError::Protocol(format!(
+                "provisioning answered HTTP {status} {} a credential",
+                if response.credential.is_some() {
+                    "with"
+                } else {
+                    "without"
+                }
+            ))),
+        }
+    }
+
+    fn send_heartbeats(
+        &mut self,
+        credential: &Credential,
+        heartbeats: &[Heartbeat],
+    ) -> Result<u64, TransportError> {
+        let answer = match heartbeats {
+            [one] => self.post("heartbeat", Some(credential), one)?,
+            many => {
+                let batch = HeartbeatBatch {
+                    heartbeats: many.to_vec(),
+                };
+                self.post("heartbeats", Some(credential), &batch)?
+            }
+        };
+        let ack: HeartbeatAck = answer.success()?.json()?;
+        Ok(ack.accepted)
+    }
+
+    fn whoami(&mut self, credential: &Credential) -> Result<WhoAmI, TransportError> {
+        self.get("whoami", credential)?.success()?.json()
+    }
+}
+
+fn bearer(credential: &Credential) -> String {
+    format!("Bearer {}", credential.expose())
+}
+
+/// A response read into memory.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+impl Answer {
+    fn read(
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer, TransportError> {
+        let mut response = result.map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .map_err(|e| TransportError::Unreachable(format!("reading the answer: {e}")))?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    /// Turns an error status into its [`TransportError`] class.
+    fn success(self) -> Result<Answer, TransportError> {
+        if (200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        let error: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
+        let error = &error["error"];
+        let message = error["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.body.chars().take(200).collect());
+        Err(match self.status {
+            401 => TransportError::Unauthorized(message),
+            // Timeouts and rate limits are the server asking for patience, not a bad request.
+            408 | 429 => TransportError::Unavailable {
+                status: self.status,
+                retry_after: self.retry_after,
+                message,
+            },
+            400..=499 => TransportError::Rejected {
+                status: self.status,
+                code: error["code"].as_str().unwrap_or("unknown").to_owned(),
+                message,
+                index: error["details"]["index"].as_u64().map(|i| i as usize),
+            },
+            _ => TransportError::Unavailable {
+                status: self.status,
+                retry_after: self.retry_after,
+                message,
+            },
+        })
+    }
+
+    fn json<T: DeserializeOwned>(self) -> Result<T, TransportError> {
+        serde_json::from_str(&self.body).map_err(|e| {
+            TransportError::Protocol(format!("HTTP {} with an unreadable body: {e}", self.status))
+        })
+    }
+}

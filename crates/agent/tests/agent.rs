@@ -1,0 +1,402 @@
+//! The agent against a real Drover server started in-process: provisioning, the credential file,
+//! heartbeats in the server's health view, restarts, outages and revocation.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use drover_agent::{Agent, Config, Stats};
+use drover_server::{RunningServer, ServerConfig};
+use drover_store::testing::TempDir;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "drv_test_admin_token_0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_provisions_reports_health_and_restarts_without_provisioning_again() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let claim = server.claim().await;
+    let state_dir = dir.path.join("agent");
+    let config = agent_config(&server.base, &state_dir, Some(&claim));
+
+    let agent = RunningAgent::spawn(config.clone());
+    eventually("two heartbeats are acknowledged", || {
+        count(&agent.stats.heartbeats_sent) >= 2
+    })
+    .await;
+    assert_eq!(count(&agent.stats.provisioned), 1);
+    agent.stop().expect("clean shutdown");
+
+    let state_file = state_dir.join("state.json");
+    let mode = std::fs::metadata(&state_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the credential file is private");
+    let state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let device_id = state["device_id"].as_str().unwrap().to_owned();
+    assert!(state["credential"].as_str().unwrap().len() > 16);
+
+    let (status, health) = server
+        .admin(
+            Method::GET,
+            &format!("/api/v1/devices/{device_id}/health"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let metrics = &health["metrics"];
+    assert_eq!(
+        metrics["battery_v"], 3.7,
+        "static metrics are reported: {health}"
+    );
+    assert_eq!(metrics["agent_dropped_heartbeats"], 0.0);
+    assert!(
+        metrics["agent_rss_bytes"].as_f64().unwrap() > 0.0,
+        "{health}"
+    );
+    assert!(metrics["uptime_s"].as_f64().unwrap() > 0.0, "{health}");
+    assert!(
+        metrics["mem_total_bytes"].as_f64().unwrap() > 0.0,
+        "{health}"
+    );
+    assert_eq!(health["boot_slot"], "a");
+    let (_, device) = server
+        .admin(Method::GET, &format!("/api/v1/devices/{device_id}"), None)
+        .await;
+    assert_eq!(device["firmware"], "1.0.0");
+    assert_eq!(device["device_type"], "gateway");
+
+    // The claim allowed one use: a second provisioning would be refused, so heartbeats after the
+    // restart prove the stored credential was used.
+    let agent = RunningAgent::spawn(config);
+    eventually("a heartbeat after the restart", || {
+        count(&agent.stats.heartbeats_sent) >= 1
+    })
+    .await;
+    assert_eq!(count(&agent.stats.provisioned), 0);
+    agent.stop().expect("clean shutdown");
+    let state_again: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert_eq!(state_again, state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_buffers_while_the_server_is_down_and_flushes_when_it_returns() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+    let claim = server.claim().await;
+    let config = agent_config(&server.base, &dir.path.join("agent"), Some(&claim));
+    let agent = RunningAgent::spawn(config.clone());
+    eventually("the device is provisioned", || {
+        count(&agent.stats.heartbeats_sent) >= 1
+    })
+    .await;
+    agent.stop().unwrap();
+
+    // The port is now closed: heartbeats pile up in memory.
+    server.stop().await;
+    let agent = RunningAgent::spawn(config);
+    eventually("three heartbeats are buffered", || {
+        count(&agent.stats.buffered) >= 3
+    })
+    .await;
+    assert!(count(&agent.stats.send_failures) >= 1);
+    assert_eq!(count(&agent.stats.heartbeats_sent), 0);
+
+    // The server is back on the same address: the buffer drains through the batch endpoint.
+    let server = TestServer::start(&dir.path, addr).await;
+    eventually("the buffer is flushed", || {
+        count(&agent.stats.buffered) == 0 && count(&agent.stats.heartbeats_sent) >= 3
+    })
+    .await;
+    assert_eq!(count(&agent.stats.dropped), 0);
+    agent.stop().unwrap();
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("route=\"/api/device/v1/heartbeats\"")
+                && l.contains("status=\"200\"")),
+        "buffered heartbeats arrive as a batch:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_stops_on_sigterm_and_exits_non_zero_when_its_credential_is_revoked() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let claim = server.claim().await;
+    let state_dir = dir.path.join("agent");
+    let config_file = dir.path.join("agent.toml");
+    std::fs::write(
+        &config_file,
+        agent_toml(&server.base, &state_dir, Some(&claim)),
+    )
+    .unwrap();
+
+    let child = spawn_binary(&config_file);
+    let state_file = state_dir.join("state.json");
+    eventually("the agent provisioned", || state_file.exists()).await;
+    let state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let device_id = state["device_id"].as_str().unwrap().to_owned();
+    let credential = state["credential"].as_str().unwrap().to_owned();
+    let health = format!("/api/v1/devices/{device_id}/health");
+    for _ in 0..100 {
+        if server.admin(Method::GET, &health, None).await.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "SIGTERM is a clean shutdown: {stderr}");
+    assert!(stderr.contains("provisioned as device"), "{stderr}");
+    assert!(
+        !stderr.contains(&credential),
+        "the credential is never logged"
+    );
+
+    let child = spawn_binary(&config_file);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = server
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/devices/{device_id}/credentials"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(3), "revocation is exit status 3: {stderr}");
+    assert!(stderr.contains("refused the credential"), "{stderr}");
+    assert!(
+        stderr.contains("state.json"),
+        "the message says how to recover: {stderr}"
+    );
+    assert!(
+        !stderr.contains(&credential),
+        "the credential is never logged"
+    );
+
+    let bad_config = dir.path.join("bad.toml");
+    std::fs::write(&bad_config, "server_url = [").unwrap();
+    let child = spawn_binary(&bad_config);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid TOML in"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_claim_token_the_agent_waits_with_a_persisted_nonce_until_accepted() {
+    let dir = TempDir::new();
+    let server = TestServer::start_with(&dir.path, "127.0.0.1:0".parse().unwrap(), true).await;
+    let state_dir = dir.path.join("agent");
+    let text = agent_toml(&server.base, &state_dir, None) + "device_id = \"pend-1\"\n";
+    let text = text.replace("[static_metrics]\nbattery_v = 3.7\n", "");
+    let config = Config::from_toml(&text, Path::new("test.toml")).unwrap();
+    let agent = RunningAgent::spawn(config.clone());
+    let mut device = Value::Null;
+    for _ in 0..300 {
+        device = server
+            .admin(Method::GET, "/api/v1/devices/pend-1", None)
+            .await
+            .1;
+        if device["status"] == "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(device["status"], "pending", "{device}");
+    agent.stop().unwrap();
+    let nonce = std::fs::read_to_string(state_dir.join("state.json")).unwrap();
+
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/api/v1/devices/pend-1/accept",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // After a restart the same nonce is sent, so this unit (and only it) gets the credential.
+    let agent = RunningAgent::spawn(config);
+    eventually("a heartbeat", || count(&agent.stats.heartbeats_sent) >= 1).await;
+    assert_eq!(count(&agent.stats.provisioned), 1);
+    agent.stop().unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["device_id"], "pend-1");
+    assert!(
+        state.get("nonce").is_none(),
+        "the nonce is forgotten once used"
+    );
+    assert!(nonce.contains("nonce"));
+}
+
+/// A server on a fresh (or the given, reused) SQLite data directory.
+struct TestServer {
+    addr: SocketAddr,
+    base: String,
+    http: reqwest::Client,
+    server: RunningServer,
+}
+
+impl TestServer {
+    async fn start(data_dir: &Path, listen: SocketAddr) -> TestServer {
+        TestServer::start_with(data_dir, listen, false).await
+    }
+
+    async fn start_with(data_dir: &Path, listen: SocketAddr, allow_pending: bool) -> TestServer {
+        let mut config = ServerConfig::with_data_dir(data_dir);
+        config.listen = listen;
+        config.allow_pending = allow_pending;
+        config.admin_token = Some(ADMIN_TOKEN.to_owned());
+        let server = drover_server::start(config, std::future::pending())
+            .await
+            .expect("server starts");
+        TestServer {
+            addr: server.addr,
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        self.server.shutdown().await.expect("server stops");
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A claim token for one gateway.
+    async fn claim(&self) -> String {
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                "/api/v1/claims",
+                Some(json!({ "name": "agents", "device_type": "gateway", "max_uses": 1 })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The agent's library API on a thread, stopped through its shutdown channel.
+struct RunningAgent {
+    stats: Arc<Stats>,
+    stop: Sender<()>,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningAgent {
+    fn spawn(config: Config) -> RunningAgent {
+        let agent = Agent::new(config);
+        let stats = agent.stats();
+        let (stop, shutdown) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || agent.run(shutdown));
+        RunningAgent {
+            stats,
+            stop,
+            thread,
+        }
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.thread.join().expect("agent thread")
+    }
+}
+
+fn agent_toml(server: &str, state_dir: &Path, claim: Option<&str>) -> String {
+    let claim = claim
+        .map(|c| format!("claim_token = \"{c}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "server_url = \"{server}\"\nstate_dir = \"{}\"\nhardware_id = \"HW-1\"\n{claim}\
+         device_type = \"gateway\"\nfirmware = \"1.0.0\"\nboot_slot = \"a\"\n\
+         heartbeat_interval = \"200ms\"\nheartbeat_jitter = \"20ms\"\nrequest_timeout = \"5s\"\n\
+         [static_metrics]\nbattery_v = 3.7\n",
+        state_dir.display(),
+    )
+}
+
+fn agent_config(server: &str, state_dir: &Path, claim: Option<&str>) -> Config {
+    Config::from_toml(
+        &agent_toml(server, state_dir, claim),
+        Path::new("test.toml"),
+    )
+    .expect("valid config")
+}
+
+fn spawn_binary(config_file: &PathBuf) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+        .arg("--config")
+        .arg(config_file)
+        .env_remove("DROVER_AGENT_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent binary starts")
+}
+
+/// Waits (up to 30 s) for the process to exit; returns its code and stderr.
+async fn finish(mut child: Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return (status.code(), stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent did not exit within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count(counter: &AtomicU64) -> u64 {
+    Stats::get(counter)
+}
+
+/// Polls `condition` every 50 ms for up to 30 s (the agent's first backoff delays reach a few
+/// seconds).
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
