@@ -346,6 +346,7 @@ impl Agent {
         Heartbeat {
             sent_at: Some(Timestamp::from_millis(ms)),
             firmware: self.config.firmware.clone(),
+            interval_s: Some(self.config.heartbeat_interval.as_secs_f64().ceil().max(1.0) as u32),
             boot_slot: self.config.boot_slot.clone(),
             metrics: collector.collect(),
         }

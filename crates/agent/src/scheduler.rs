@@ -198,6 +198,7 @@ mod tests {
         Heartbeat {
             sent_at: None,
             firmware: None,
+            interval_s: None,
             boot_slot: None,
             metrics,
         }

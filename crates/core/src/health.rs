@@ -159,6 +159,13 @@ pub const KNOWN_METRICS: &[KnownMetric] = &[
         0.0,
         1e7,
     ),
+    metric(
+        "reconnects",
+        "count",
+        "reconnections to the server since the last heartbeat",
+        0.0,
+        1e9,
+    ),
     // Application.
     metric("sensor_rate_hz", "Hz", "sensor sample rate", 0.0, 1e9),
     metric(

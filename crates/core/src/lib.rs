@@ -21,7 +21,7 @@ pub mod shadow;
 pub mod time;
 pub mod version;
 
-pub use device::{Device, DeviceStatus};
+pub use device::{Connectivity, Device, DeviceStatus, LinkQuality};
 pub use ids::{DeviceId, DeviceType, GroupName, HardwareId, Label, TagKey, TagValue};
 pub use time::{Duration, Timestamp};
 pub use version::Version;

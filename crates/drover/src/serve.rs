@@ -57,6 +57,10 @@ pub struct FileConfig {
     pub max_import_bytes: Option<usize>,
     /// How long raw heartbeat samples are kept, e.g. `7d`.
     pub sample_retention: Option<String>,
+    /// Heartbeat interval assumed for devices that do not announce theirs, e.g. `60s`.
+    pub default_heartbeat_interval: Option<String>,
+    /// Missed heartbeat intervals after which a device is offline (default 3).
+    pub offline_grace: Option<u32>,
 }
 
 impl FileConfig {
@@ -104,6 +108,20 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
     if let Some(text) = &file.sample_retention {
         config.sample_retention = drover_core::Duration::parse(text)
             .map_err(|e| anyhow::anyhow!("sample_retention: {e}"))?;
+    }
+    if let Some(text) = &file.default_heartbeat_interval {
+        let interval = drover_core::Duration::parse(text)
+            .map_err(|e| anyhow::anyhow!("default_heartbeat_interval: {e}"))?;
+        if interval.as_millis() < 1000 {
+            bail!("default_heartbeat_interval must be at least 1s, got {text}");
+        }
+        config.ingest.options.default_interval = interval;
+    }
+    if let Some(grace) = file.offline_grace {
+        if grace == 0 {
+            bail!("offline_grace must be at least 1 (missed heartbeat intervals before a device is offline)");
+        }
+        config.ingest.options.offline_grace = grace;
     }
     config.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     if let Some(token) = &config.admin_token {

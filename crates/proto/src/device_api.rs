@@ -85,6 +85,10 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub firmware: Option<Version>,
+    /// Seconds until the device's next scheduled heartbeat; it counts as offline after three
+    /// such intervals without one (the server's default interval is used when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<u32>,
     /// The A/B slot the device booted from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use drover_core::{
-    Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp,
-    Version,
+    Connectivity, Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue,
+    Timestamp, Version,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -36,6 +36,14 @@ pub struct DeviceView {
     pub updated_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen: Option<Timestamp>,
+    /// `unknown` until the first heartbeat, then `online`, `degraded` (poor link) or `offline`
+    /// (no heartbeat within three of the device's announced intervals).
+    #[serde(default)]
+    #[schema(value_type = String, example = "online")]
+    pub connectivity: Connectivity,
+    /// Link quality of the latest heartbeat, 0 (unusable) to 100 (perfect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_score: Option<u8>,
 }
 
 impl From<Device> for DeviceView {
@@ -53,6 +61,8 @@ impl From<Device> for DeviceView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             last_seen: d.last_seen,
+            connectivity: d.connectivity,
+            link_score: d.link_score,
         }
     }
 }
@@ -283,4 +293,27 @@ pub struct HealthView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_slot: Option<String>,
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// A device's connectivity now and how it changed (`GET /api/v1/devices/{id}/connectivity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectivityView {
+    #[schema(value_type = String, example = "degraded")]
+    pub state: Connectivity,
+    /// Link quality of the latest heartbeat, 0 (unusable) to 100 (perfect); absent before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_score: Option<u8>,
+    /// Changes of state, newest first (at most `limit`).
+    pub history: Vec<ConnectivityChangeView>,
+}
+
+/// One change of a device's connectivity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectivityChangeView {
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    #[schema(value_type = String, example = "online")]
+    pub from: Connectivity,
+    #[schema(value_type = String, example = "offline")]
+    pub to: Connectivity,
 }

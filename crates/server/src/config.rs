@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub ingest: crate::ingest::IngestConfig,
     /// How long raw heartbeat samples are kept for per-device charts (rollups are kept).
     pub sample_retention: drover_core::Duration,
+    /// How often the offline detector looks for devices past their heartbeat deadline.
+    pub offline_check: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -39,6 +41,7 @@ impl ServerConfig {
             max_import_bytes: 1 << 30,
             ingest: crate::ingest::IngestConfig::default(),
             sample_retention: drover_core::Duration::from_secs(7 * 86_400),
+            offline_check: std::time::Duration::from_secs(5),
         }
     }
 

@@ -132,6 +132,7 @@ mod tests {
             heartbeat: drover_proto::device_api::Heartbeat {
                 sent_at: None,
                 firmware: None,
+                interval_s: None,
                 boot_slot: None,
                 metrics: Default::default(),
             },

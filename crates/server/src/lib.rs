@@ -132,18 +132,21 @@ pub async fn start(
         .filter(|_| config.admin_token.is_none());
     let addr = listener.local_addr()?;
     let sample_retention = config.sample_retention;
+    let offline_check = config.offline_check;
+    let metrics = Arc::new(metrics::Metrics::new());
     let shadows = shadow_hub::ShadowHub::new();
     let state = AppState {
         store: store.clone(),
         ingest: ingest::Ingest::start(store.clone(), config.ingest),
         config: Arc::new(config),
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics: metrics.clone(),
         shadows: shadows.clone(),
         token_touches: Arc::default(),
     };
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
+    let detector = tokio::spawn(offline_detector(store.clone(), metrics, offline_check));
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -158,6 +161,7 @@ pub async fn start(
             .context("HTTP server failed");
         // Background loops live exactly as long as the server.
         housekeeping.abort();
+        detector.abort();
         served
     });
     tracing::info!(%addr, store = store.backend_name(), "drover is listening");
@@ -184,6 +188,45 @@ async fn maintenance(store: Store, retention: drover_core::Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "pruned heartbeat samples past retention"),
             Err(e) => tracing::warn!(error = %e, "could not prune heartbeat samples"),
+        }
+    }
+}
+
+/// Devices marked offline per statement batch of the detector.
+const OFFLINE_BATCH: usize = 1000;
+
+/// Marks devices offline once their heartbeat deadline (interval × grace, set by each heartbeat)
+/// has passed. Each pass reads only the devices past their deadline through a partial index, so its
+/// cost grows with the devices that just went silent, not with the fleet. Replicas may all run it:
+/// the conditional update marks each device once.
+async fn offline_detector(
+    store: Store,
+    metrics: Arc<metrics::Metrics>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match store.mark_offline(now(), OFFLINE_BATCH).await {
+                Ok(ids) => {
+                    metrics.went_offline.inc_by(ids.len() as u64);
+                    for id in ids.iter().take(20) {
+                        tracing::info!(device = %id, "device went offline");
+                    }
+                    if ids.len() > 20 {
+                        tracing::info!(more = ids.len() - 20, "more devices went offline");
+                    }
+                    if ids.len() < OFFLINE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "offline detector could not mark devices");
+                    break;
+                }
+            }
         }
     }
 }

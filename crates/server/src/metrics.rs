@@ -41,6 +41,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     devices: Family<StatusLabels, Gauge>,
+    /// Devices the offline detector marked offline.
+    pub went_offline: Counter,
     /// When the device gauges were last refreshed: counting a large fleet on every scrape would let
     /// a scraper load the database, so counts are at most this old.
     devices_refreshed: Mutex<Option<Instant>>,
@@ -67,11 +69,18 @@ impl Metrics {
             latency.clone(),
         );
         registry.register("devices", "Devices by lifecycle status", devices.clone());
+        let went_offline = Counter::default();
+        registry.register(
+            "devices_went_offline",
+            "Devices marked offline after missing their heartbeats",
+            went_offline.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             devices,
+            went_offline,
             devices_refreshed: Mutex::new(None),
         }
     }

@@ -12,7 +12,7 @@ use crate::routes::{audit, auth, device_api, devices, groups, shadow};
     paths(
         devices::list, devices::count, devices::create, devices::get, devices::update, devices::delete,
         devices::decommission, devices::accept, devices::reject, devices::rotate_credential,
-        devices::revoke_credentials, devices::groups, devices::health, devices::bulk_update, devices::import,
+        devices::revoke_credentials, devices::groups, devices::health, devices::connectivity, devices::bulk_update, devices::import,
         groups::list, groups::create, groups::get, groups::update, groups::delete, groups::devices,
         groups::add_members, groups::remove_members,
         auth::whoami, auth::list_tokens, auth::create_token, auth::revoke_token,

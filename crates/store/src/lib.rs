@@ -39,7 +39,9 @@ use drover_proto::Page;
 pub use ops::audit::AuditFilter;
 pub use ops::auth::{Actor, TokenAuth};
 pub use ops::devices::{ImportMsg, ImportRow};
-pub use ops::health::{CohortRollup, DeviceHealth, HeartbeatRecord, IngestOptions};
+pub use ops::health::{
+    CohortRollup, ConnectivityChange, DeviceHealth, HeartbeatRecord, IngestOptions,
+};
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
 
 use crate::db::Db;
@@ -578,6 +580,29 @@ impl Store {
         let (firmware, metric) = (firmware.to_owned(), metric.to_owned());
         with_db!(self, read, |db| ops::health::rollups(
             db, &firmware, &metric, from, to
+        )
+        .await)
+    }
+
+    /// Marks offline up to `limit` devices whose heartbeat deadline passed; returns their ids.
+    pub async fn mark_offline(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        with_db!(self, write, |db| ops::health::mark_offline(db, now, limit)
+            .await)
+    }
+
+    /// A device's connectivity changes, newest first.
+    pub async fn connectivity_history(
+        &self,
+        id: &DeviceId,
+        limit: usize,
+    ) -> Result<Vec<ConnectivityChange>, StoreError> {
+        let id = id.clone();
+        with_db!(self, read, |db| ops::health::connectivity_history(
+            db, &id, limit
         )
         .await)
     }

@@ -34,6 +34,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_shadows.sql"),
         postgres: include_str!("../migrations/postgres/0003_shadows.sql"),
     },
+    Migration {
+        version: 4,
+        name: "connectivity",
+        sqlite: include_str!("../migrations/sqlite/0004_connectivity.sql"),
+        postgres: include_str!("../migrations/postgres/0004_connectivity.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying Drover's migration lock.

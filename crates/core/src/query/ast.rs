@@ -2,9 +2,10 @@
 //!
 //! The parser produces these types and the evaluator and SQL compiler consume them. Values are stored
 //! already validated and typed (a `firmware` value is a [`Version`], a `status` value a
-//! [`DeviceStatus`]), so evaluating a query across a fleet never re-parses text. Times stay relative
-//! (`now-10m` is kept as "ten minutes before now") and are resolved against the `now` passed to
-//! evaluation or compilation, which is what lets a stored dynamic group keep meaning "recently seen".
+//! [`DeviceStatus`], a metric value a finite [`Number`]), so evaluating a query across a fleet never
+//! re-parses text. Times stay relative (`now-10m` is kept as "ten minutes before now") and are
+//! resolved against the `now` passed to evaluation or compilation, which is what lets a stored dynamic
+//! group keep meaning "recently seen".
 //!
 //! [`fmt::Display`] on [`Expr`] prints the canonical text: upper-case keywords, canonical field names
 //! (aliases replaced), normalised values and the fewest parentheses that keep the meaning. Parsing the
@@ -12,7 +13,8 @@
 
 use std::fmt;
 
-use crate::device::DeviceStatus;
+use crate::device::{Connectivity, DeviceStatus};
+use crate::health::{MetricName, KNOWN_METRICS};
 use crate::ids::{GroupName, TagKey};
 use crate::query::lexer::{is_bare_char, is_keyword};
 use crate::time::{Duration, Timestamp};
@@ -70,6 +72,14 @@ pub enum Field {
     Updated,
     /// Membership in a static group.
     Group,
+    /// Reachability: `unknown`, `online`, `degraded` or `offline`.
+    Connectivity,
+    /// Link quality of the latest heartbeat, 0–100; missing before the first heartbeat.
+    LinkScore,
+    /// One metric of the latest heartbeat: a known metric by its bare name (`battery_v`), or any
+    /// metric as `metrics.<name>`. Missing when the device has not sent a heartbeat yet or its latest
+    /// one lacks the metric.
+    Metric(MetricName),
 }
 
 /// What kind of value a field holds, which decides its operators and how values are parsed.
@@ -85,6 +95,13 @@ pub enum FieldKind {
     Time,
     /// A static group name.
     Group,
+    /// A [`Connectivity`] name.
+    Connectivity,
+    /// A decimal [`Number`], such as a heartbeat metric's reading.
+    Number,
+    /// A whole number from 0 to 100 (the link score); a [`Number`] with that restriction, so a
+    /// query written for a 0–1 scale is an error rather than a query that silently means little.
+    Score,
 }
 
 /// A comparison operator.
@@ -123,7 +140,14 @@ pub enum Value {
     Version(Version),
     Time(TimeValue),
     Group(GroupName),
+    Connectivity(Connectivity),
+    Number(Number),
 }
+
+/// A finite number in a query (never NaN or infinite), compared with heartbeat metrics and the link
+/// score. Being finite is what makes `==` an equivalence, so values and trees can be `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Number(f64);
 
 /// An instant in a query: relative to the evaluation's `now`, or absolute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +170,14 @@ impl Field {
                 .map(Field::Tag)
                 .map_err(|e| e.to_string());
         }
+        if let Some(metric) = lower.strip_prefix("metrics.") {
+            // Like tag keys, metric names keep their case, so `metrics.Temp` is reported as invalid
+            // rather than quietly read as `temp`.
+            let metric = &name[name.len() - metric.len()..];
+            return MetricName::parse(metric)
+                .map(Field::Metric)
+                .map_err(|e| e.to_string());
+        }
         let field = match lower.as_str() {
             "id" => Field::Id,
             "device_type" | "type" => Field::DeviceType,
@@ -159,15 +191,22 @@ impl Field {
             "created" | "created_at" => Field::Created,
             "updated" | "updated_at" => Field::Updated,
             "group" => Field::Group,
+            "connectivity" => Field::Connectivity,
+            "link_score" => Field::LinkScore,
             "tags" | "tag" => return Err(format!("'{name}' needs a tag key, e.g. tags.env")),
-            _ => {
+            "metrics" | "metric" => {
                 return Err(format!(
-                    "unknown field '{}'; known fields are id, device_type (or type), hw_id (or serial), \
-                     hw_rev, site, region, status, firmware (or version), last_seen, created (or created_at), \
-                     updated (or updated_at), group and tags.<key>",
-                    truncate(name)
+                    "'{name}' needs a metric name, e.g. metrics.battery_v"
                 ))
             }
+            // Device attributes take precedence over metric names, so a future metric that shares
+            // a field's name can only shadow it as `metrics.<name>`.
+            _ => match KNOWN_METRICS.iter().find(|known| known.name == lower) {
+                Some(known) => Field::Metric(
+                    MetricName::parse(known.name).expect("known metric names are valid"),
+                ),
+                None => return Err(unknown_field(name)),
+            },
         };
         Ok(field)
     }
@@ -186,6 +225,9 @@ impl Field {
             Field::Firmware => FieldKind::Version,
             Field::LastSeen | Field::Created | Field::Updated => FieldKind::Time,
             Field::Group => FieldKind::Group,
+            Field::Connectivity => FieldKind::Connectivity,
+            Field::LinkScore => FieldKind::Score,
+            Field::Metric(_) => FieldKind::Number,
         }
     }
 
@@ -193,17 +235,41 @@ impl Field {
     ///
     /// Text has no ordering operators because SQLite and PostgreSQL collate text differently, so the
     /// in-memory and SQL answers could disagree. Status and group have no `EXISTS` because they are
-    /// never missing.
+    /// never missing. Numbers have neither globs nor (for now) `EXISTS`.
     pub fn allowed_ops(&self) -> &'static [Op] {
         use Op::*;
         match self.kind() {
             FieldKind::Text => &[Eq, Ne, Glob, NotGlob, In, NotIn, Exists],
-            FieldKind::Status | FieldKind::Group => &[Eq, Ne, In, NotIn],
+            FieldKind::Status | FieldKind::Group | FieldKind::Connectivity => &[Eq, Ne, In, NotIn],
             FieldKind::Version => &[Eq, Ne, Lt, Le, Gt, Ge, Glob, NotGlob, In, NotIn, Exists],
             FieldKind::Time => &[Lt, Le, Gt, Ge, Exists],
+            FieldKind::Number | FieldKind::Score => &[Eq, Ne, Lt, Le, Gt, Ge, In, NotIn],
         }
     }
 }
+
+impl Number {
+    /// The number `value`, or `None` if it is NaN or infinite. Negative zero becomes zero, so the
+    /// canonical text never shows `-0`.
+    pub fn new(value: f64) -> Option<Number> {
+        if !value.is_finite() {
+            return None;
+        }
+        Some(Number(if value == 0.0 { 0.0 } else { value }))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// True for a whole number from 0 to 100, the values a link score can take.
+    pub fn is_score(self) -> bool {
+        self.0.fract() == 0.0 && (0.0..=100.0).contains(&self.0)
+    }
+}
+
+/// Finite floats compare as an equivalence relation (only NaN breaks reflexivity).
+impl Eq for Number {}
 
 impl Op {
     /// The operator as written in a query.
@@ -324,6 +390,11 @@ impl fmt::Display for Field {
             Field::Created => "created",
             Field::Updated => "updated",
             Field::Group => "group",
+            Field::Connectivity => "connectivity",
+            Field::LinkScore => "link_score",
+            // Known metrics print bare, the short form operators write; others need the prefix.
+            Field::Metric(metric) if metric.known().is_some() => metric.as_str(),
+            Field::Metric(metric) => return write!(f, "metrics.{metric}"),
         };
         f.write_str(name)
     }
@@ -343,7 +414,17 @@ impl fmt::Display for Value {
             Value::Version(version) => write_text(f, &version.to_string()),
             Value::Time(time) => time.fmt(f),
             Value::Group(group) => write_text(f, group.as_str()),
+            Value::Connectivity(connectivity) => f.write_str(connectivity.as_str()),
+            Value::Number(number) => number.fmt(f),
         }
+    }
+}
+
+/// The shortest decimal that reads back as the same number (`3.0` prints as `3`), never with an
+/// exponent, so it always lexes as one bare word.
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -365,14 +446,36 @@ fn value_fits(field: &Field, op: Op, value: &Value) -> bool {
     if matches!(op, Op::Glob | Op::NotGlob) {
         return matches!(value, Value::Text(_));
     }
-    matches!(
-        (field.kind(), value),
+    match (field.kind(), value) {
+        (FieldKind::Score, Value::Number(number)) => number.is_score(),
         (FieldKind::Text, Value::Text(_))
-            | (FieldKind::Status, Value::Status(_))
-            | (FieldKind::Version, Value::Version(_))
-            | (FieldKind::Time, Value::Time(_))
-            | (FieldKind::Group, Value::Group(_))
-    )
+        | (FieldKind::Status, Value::Status(_))
+        | (FieldKind::Version, Value::Version(_))
+        | (FieldKind::Time, Value::Time(_))
+        | (FieldKind::Group, Value::Group(_))
+        | (FieldKind::Connectivity, Value::Connectivity(_))
+        | (FieldKind::Number, Value::Number(_)) => true,
+        _ => false,
+    }
+}
+
+/// The error for a name that is no field: every field it could have been, and for a name that
+/// would be a valid metric name, how to write it as a custom metric.
+fn unknown_field(name: &str) -> String {
+    let known_metrics: Vec<&str> = KNOWN_METRICS.iter().map(|known| known.name).collect();
+    let mut message = format!(
+        "unknown field '{}'; known fields are id, device_type (or type), hw_id (or serial), hw_rev, \
+         site, region, status, firmware (or version), last_seen, created (or created_at), updated \
+         (or updated_at), group, connectivity, link_score, tags.<key>, metrics.<name> and the \
+         heartbeat metrics {}",
+        truncate(name),
+        known_metrics.join(", ")
+    );
+    if MetricName::parse(name).is_ok() {
+        // A valid metric name is short and plain, so it is quoted whole.
+        message.push_str(&format!("; a custom metric is written metrics.{name}"));
+    }
+    message
 }
 
 fn write_joined(

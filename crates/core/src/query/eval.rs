@@ -81,6 +81,7 @@ pub(crate) fn eval(
 enum Attr<'a> {
     Text(&'a str),
     Status(DeviceStatus),
+    Connectivity(crate::device::Connectivity),
     Version(&'a Version),
     Time(Timestamp),
 }
@@ -146,6 +147,7 @@ fn attribute<'a>(field: &Field, device: &'a Device) -> Option<Attr<'a>> {
         Field::Region => Attr::Text(device.region.as_ref()?.as_str()),
         Field::Tag(key) => Attr::Text(device.tags.get(key)?.as_str()),
         Field::Status => Attr::Status(device.status),
+        Field::Connectivity => Attr::Connectivity(device.connectivity),
         Field::Firmware => Attr::Version(device.firmware.as_ref()?),
         Field::LastSeen => Attr::Time(device.last_seen?),
         Field::Created => Attr::Time(device.created_at),
@@ -160,6 +162,7 @@ fn compare(attr: &Attr<'_>, value: &Value, now: Timestamp) -> Option<Ordering> {
     match (attr, value) {
         (Attr::Text(text), Value::Text(other)) => Some((*text).cmp(other.as_str())),
         (Attr::Status(status), Value::Status(other)) => Some(status.cmp(other)),
+        (Attr::Connectivity(c), Value::Connectivity(other)) => Some(c.cmp(other)),
         // Semantic precedence: 2.9.1 < 2.10.0, pre-releases before releases, build metadata ignored.
         (Attr::Version(version), Value::Version(other)) => Some((*version).cmp(other)),
         (Attr::Time(at), Value::Time(other)) => Some(at.cmp(&other.resolve(now))),
@@ -173,7 +176,7 @@ fn glob_text<'a>(attr: &Attr<'a>) -> Option<Cow<'a, str>> {
     match attr {
         Attr::Text(text) => Some(Cow::Borrowed(text)),
         Attr::Version(version) => Some(Cow::Owned(version.to_string())),
-        Attr::Status(_) | Attr::Time(_) => None,
+        Attr::Status(_) | Attr::Connectivity(_) | Attr::Time(_) => None,
     }
 }
 
@@ -207,6 +210,8 @@ mod tests {
             created_at: Timestamp::from_millis(NOW.as_millis() - 60 * MINUTE),
             updated_at: Timestamp::from_millis(NOW.as_millis() - 30 * MINUTE),
             last_seen: Some(Timestamp::from_millis(NOW.as_millis() - 5 * MINUTE)),
+            connectivity: crate::device::Connectivity::Degraded,
+            link_score: Some(48),
         }
     }
 
@@ -374,6 +379,21 @@ mod tests {
             };
             assert_eq!(matches(text, &device, &[]), expected, "{version}: {text}");
         }
+    }
+
+    #[test]
+    fn connectivity_predicates_compare_the_state_by_name() {
+        let cases = [
+            ("connectivity = degraded", true),
+            ("connectivity != offline", true),
+            ("connectivity IN (online, degraded)", true),
+            ("connectivity NOT IN (degraded)", false),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(matches(text, &full_device(), &[]), expected, "{text}");
+        }
+        assert!(Query::parse("connectivity = asleep").is_err());
+        assert!(Query::parse("connectivity < online").is_err());
     }
 
     #[test]

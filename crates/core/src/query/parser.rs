@@ -283,6 +283,9 @@ fn typed_value(field: &Field, op: Op, text: &str) -> Result<Value, String> {
     match field.kind() {
         FieldKind::Text => Ok(Value::Text(text.to_owned())),
         FieldKind::Status => DeviceStatus::parse(text).map(Value::Status),
+        FieldKind::Connectivity => {
+            crate::device::Connectivity::parse(text).map(Value::Connectivity)
+        }
         FieldKind::Version => Version::parse(text)
             .map(Value::Version)
             .map_err(|e| e.to_string()),
@@ -532,7 +535,7 @@ mod tests {
             ("tags.env =", 11, "expected a value after '=', found end of query"),
             ("created<", 9, "expected a value after '<', found end of query"),
             ("site = a site = b", 10, "expected AND, OR or end of query, found 'site'"),
-            ("a = b c", 1, "unknown field 'a'; known fields are id, device_type (or type), hw_id (or serial), hw_rev, site, region, status, firmware (or version), last_seen, created (or created_at), updated (or updated_at), group and tags.<key>"),
+            ("a = b c", 1, "unknown field 'a'; known fields are id, device_type (or type), hw_id (or serial), hw_rev, site, region, status, firmware (or version), last_seen, created (or created_at), updated (or updated_at), group, connectivity and tags.<key>"),
             ("site = b c", 10, "expected AND, OR or end of query, found 'c'"),
             ("site = a AND", 13, "expected a field name, NOT or '(', found end of query"),
             ("AND site = a", 1, "expected a field name, NOT or '(', found keyword AND"),

@@ -211,6 +211,7 @@ impl Compiler {
             Field::Id => self.text_column("d.id", false, predicate),
             Field::DeviceType => self.text_column("d.device_type", false, predicate),
             Field::Status => self.text_column("d.status", false, predicate),
+            Field::Connectivity => self.text_column("d.connectivity", false, predicate),
             // '' means missing.
             Field::HwId => self.text_column("d.hw_id", true, predicate),
             Field::HwRev => self.text_column("d.hw_rev", true, predicate),
@@ -397,6 +398,7 @@ impl Compiler {
             Some(Value::Version(version)) => SqlParam::Bytes(version.sort_key()),
             Some(Value::Time(time)) => SqlParam::Int(time.resolve(self.now).as_millis()),
             Some(Value::Group(group)) => SqlParam::Text(group.as_str().to_owned()),
+            Some(Value::Connectivity(c)) => SqlParam::Text(c.as_str().to_owned()),
             None => SqlParam::Text(String::new()),
         };
         self.bind(param)

@@ -6,8 +6,8 @@ use drover_core::{
     DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp, Version,
 };
 use drover_proto::devices::{
-    BulkUpdate, BulkUpdateResult, CreatedDevice, DeviceCredential, DeviceGroups, DevicePatch,
-    DeviceView, HealthView, NewDevice,
+    BulkUpdate, BulkUpdateResult, ConnectivityView, CreatedDevice, DeviceCredential, DeviceGroups,
+    DevicePatch, DeviceView, HealthView, NewDevice,
 };
 use drover_proto::Count;
 use reqwest::Method;
@@ -251,7 +251,15 @@ pub async fn run(client: &Client, json: bool, command: DevicesCommand) -> Result
                 Err(e) if e.kind == ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             };
+            let mut params = Params::new();
+            param(&mut params, "limit", Some("5".to_owned()));
+            let connectivity: ConnectivityView = decode(
+                client
+                    .get(&["devices", id.as_str(), "connectivity"], &params)
+                    .await?,
+            )?;
             let mut text = device_block(&decode(device)?, Some(&groups.groups), now);
+            text.push_str(&connectivity_block(&connectivity, now));
             text.push_str(&health_block(health.as_ref(), now));
             emit(&text)
         }
@@ -392,6 +400,7 @@ pub fn device_table(devices: &[DeviceView], now: Timestamp) -> String {
         "ID",
         "TYPE",
         "STATUS",
+        "CONNECTIVITY",
         "FIRMWARE",
         "HW REV",
         "SITE",
@@ -404,6 +413,7 @@ pub fn device_table(devices: &[DeviceView], now: Timestamp) -> String {
             device.id.to_string(),
             device.device_type.to_string(),
             device.status.to_string(),
+            device.connectivity.to_string(),
             or_dash(device.firmware.as_ref()),
             or_dash(device.hw_rev.as_ref()),
             or_dash(device.site.as_ref()),
@@ -448,6 +458,23 @@ pub fn device_block(device: &DeviceView, groups: Option<&[String]>, now: Timesta
         ("Last seen", last_seen),
     ]);
     fields(&pairs)
+}
+
+/// Connectivity under a device's key-value block: state, link score and the recent changes.
+pub fn connectivity_block(view: &ConnectivityView, now: Timestamp) -> String {
+    let state = match view.link_score {
+        Some(score) => format!("{} (link score {score}/100)", view.state),
+        None => view.state.to_string(),
+    };
+    let mut pairs = vec![("Connectivity".to_owned(), state)];
+    for change in &view.history {
+        pairs.push((
+            format!("  {}", output::relative(change.at, now)),
+            format!("{} -> {}", change.from, change.to),
+        ));
+    }
+    let pairs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    format!("\n{}", fields(&pairs))
 }
 
 /// The latest heartbeat under a device's key-value block: when, then one line per metric with
@@ -670,8 +697,8 @@ mod tests {
         let now = Timestamp::parse_rfc3339("2026-01-01T00:05:00Z").unwrap();
         assert_eq!(
             device_table(&[device], now),
-            "ID           TYPE        STATUS  FIRMWARE  HW REV  SITE  REGION  LAST SEEN  TAGS\n\
-             thermo-0001  thermostat  active  2.2.0     rev2    -     -       5m ago     env=prod\n"
+            "ID           TYPE        STATUS  CONNECTIVITY  FIRMWARE  HW REV  SITE  REGION  LAST SEEN  TAGS\n\
+             thermo-0001  thermostat  active  unknown       2.2.0     rev2    -     -       5m ago     env=prod\n"
         );
     }
 }

@@ -7,8 +7,9 @@ use drover_core::query::Query;
 use drover_core::DeviceId;
 use drover_proto::auth::Role;
 use drover_proto::devices::{
-    BulkUpdate, BulkUpdateResult, CreatedDevice, DeviceCredential, DeviceGroups, DevicePatch,
-    DeviceSort, DeviceView, HealthView, ImportResult, NewDevice, OnConflict, SortOrder,
+    BulkUpdate, BulkUpdateResult, ConnectivityChangeView, ConnectivityView, CreatedDevice,
+    DeviceCredential, DeviceGroups, DevicePatch, DeviceSort, DeviceView, HealthView, ImportResult,
+    NewDevice, OnConflict, SortOrder,
 };
 use drover_proto::{Count, Page};
 use serde::Deserialize;
@@ -373,5 +374,53 @@ pub async fn health(
         received_at: health.received_at,
         boot_slot: health.boot_slot,
         metrics: health.metrics,
+    }))
+}
+
+/// How many connectivity changes the connectivity endpoint returns when not told.
+const DEFAULT_HISTORY: usize = 20;
+const MAX_HISTORY: usize = 1000;
+
+/// Query parameters of the connectivity endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// How many changes to return, newest first (1–1000, default 20).
+    pub limit: Option<usize>,
+}
+
+/// A device's connectivity state, link score and recent changes.
+#[utoipa::path(get, operation_id = "devices_connectivity", path = "/api/v1/devices/{id}/connectivity", tag = "devices",
+    params(("id" = String, Path), HistoryParams),
+    responses((status = 200, body = ConnectivityView), (status = 400, body = drover_proto::error::ErrorBody), (status = 404, body = drover_proto::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn connectivity(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<Json<ConnectivityView>, ApiError> {
+    auth.require(Role::Viewer)?;
+    let id = device_id(&id)?;
+    let limit = params.limit.unwrap_or(DEFAULT_HISTORY);
+    if !(1..=MAX_HISTORY).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_HISTORY}, got {limit}"
+        )));
+    }
+    let device = state.store.get_device(&id).await?;
+    let history = state.store.connectivity_history(&id, limit).await?;
+    Ok(Json(ConnectivityView {
+        state: device.connectivity,
+        link_score: device.link_score,
+        history: history
+            .into_iter()
+            .map(|c| ConnectivityChangeView {
+                at: c.at,
+                from: c.from,
+                to: c.to,
+            })
+            .collect(),
     }))
 }

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/devices/{id}/groups", get(devices::groups))
         .route("/devices/{id}/health", get(devices::health))
+        .route("/devices/{id}/connectivity", get(devices::connectivity))
         .route(
             "/devices/{id}/shadow",
             get(shadow::get)

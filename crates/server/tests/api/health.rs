@@ -82,4 +82,51 @@ api_tests! {
         let (_, device) = app.get("/api/v1/devices/hb-2").await;
         assert_eq!(device["last_seen"], serde_json::Value::Null);
     }
+
+    async fn connectivity_is_a_state_a_score_and_a_history(app)
+        with AppOptions { offline_check: Some(std::time::Duration::from_millis(100)), ..AppOptions::default() };
+    {
+        let credential = device_with_credential(app, "link-1").await;
+        device_with_credential(app, "link-2").await;
+        let (_, device) = app.get("/api/v1/devices/link-1").await;
+        assert_eq!(device["connectivity"], "unknown");
+        // A weak signal: degraded, and offline three announced intervals (1 s) after it.
+        let (status, ack) = app
+            .send(Method::POST, "/api/device/v1/heartbeat", Some(&credential), Some(json!({
+                "interval_s": 1, "metrics": { "rssi_dbm": -110, "packet_loss_pct": 2 }
+            })))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{ack}");
+        let (status, view) = app.get("/api/v1/devices/link-1/connectivity").await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!((view["state"].as_str(), view["link_score"].as_u64()), (Some("degraded"), Some(42)));
+        assert_eq!(app.count("connectivity = degraded").await, 1);
+        assert_eq!(app.count("connectivity = unknown").await, 1);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, device) = app.get("/api/v1/devices/link-1").await;
+            if device["connectivity"] == "offline" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "still {} after 20 s", device["connectivity"]);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let (_, view) = app.get_with("/api/v1/devices/link-1/connectivity", &[("limit", "10")]).await;
+        let changes: Vec<_> = view["history"].as_array().unwrap().iter().map(|c| format!("{}->{}", c["from"], c["to"])).collect();
+        assert_eq!(changes, vec![r#""degraded"->"offline""#, r#""unknown"->"degraded""#]);
+        assert_eq!(app.count("connectivity = offline").await, 1);
+        let (_, metrics) = app.send(Method::GET, "/metrics", None, None).await;
+        assert!(metrics.as_str().unwrap().contains("drover_devices_went_offline_total 1"), "{metrics}");
+
+        for (path, query, status, code) in [
+            ("/api/v1/devices/link-1/connectivity", ("limit", "0"), StatusCode::BAD_REQUEST, "invalid_request"),
+            ("/api/v1/devices/link-1/connectivity", ("limit", "many"), StatusCode::BAD_REQUEST, "invalid_request"),
+            ("/api/v1/devices/link-1/connectivity", ("colour", "red"), StatusCode::BAD_REQUEST, "invalid_request"),
+            ("/api/v1/devices/ghost/connectivity", ("limit", "1"), StatusCode::NOT_FOUND, "not_found"),
+        ] {
+            let (got, body) = app.get_with(path, &[query]).await;
+            assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{path}?{query:?}: {body}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! `spawn_app()` and request helpers.
+//! `spawn_app_with()`, the `api_tests!` macro and request helpers.
 
 use drover_server::{RunningServer, ServerConfig};
 use drover_store::testing::{TempDir, TestDb};
@@ -29,13 +29,11 @@ pub struct AppOptions {
     pub allow_pending: bool,
     pub max_body_bytes: Option<usize>,
     pub max_import_bytes: Option<usize>,
+    /// How often the offline detector runs (the server default when absent).
+    pub offline_check: Option<std::time::Duration>,
 }
 
 /// Starts a server on a fresh store, or returns `None` when the backend is not configured.
-pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, AppOptions::default()).await
-}
-
 pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<TestApp> {
     let dir = TempDir::new();
     let db = match backend {
@@ -53,6 +51,9 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     }
     if let Some(n) = options.max_import_bytes {
         config.max_import_bytes = n;
+    }
+    if let Some(every) = options.offline_check {
+        config.offline_check = every;
     }
     let server = drover_server::start(config, std::future::pending())
         .await
@@ -166,10 +167,11 @@ impl TestApp {
     }
 }
 
-/// Declares each scenario twice: `<name>_on_sqlite` and `<name>_on_postgres`.
+/// Declares each scenario twice: `<name>::on_sqlite` and `<name>::on_postgres`; an optional
+/// `with <AppOptions>;` after the signature configures the server.
 #[macro_export]
 macro_rules! api_tests {
-    ($(async fn $name:ident($app:ident) $body:block)*) => {
+    ($(async fn $name:ident($app:ident) $(with $options:expr;)? $body:block)*) => {
         $(
             mod $name {
                 #[allow(unused_imports)]
@@ -177,16 +179,23 @@ macro_rules! api_tests {
 
                 async fn scenario($app: &$crate::helpers::TestApp) $body
 
+                fn options() -> $crate::helpers::AppOptions {
+                    #[allow(unused_variables)]
+                    let options = $crate::helpers::AppOptions::default();
+                    $(let options = $options;)?
+                    options
+                }
+
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn on_sqlite() {
-                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await.expect("sqlite app");
+                    let app = $crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, options()).await.expect("sqlite app");
                     scenario(&app).await;
                     app.stop().await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn on_postgres() {
-                    let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await else {
+                    let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, options()).await else {
                         eprintln!("skipped: DROVER_TEST_PG is not set");
                         return;
                     };

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use base64::Engine;
 use drover_core::query::{Dialect, Query};
 use drover_core::{
-    Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue, Timestamp,
-    Version,
+    Connectivity, Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue,
+    Timestamp, Version,
 };
 use drover_proto::devices::{
     DevicePatch, DeviceSort, DeviceView, ImportResult, NewDevice, OnConflict, SortOrder,
@@ -21,7 +21,7 @@ use crate::{secret, StoreError};
 
 /// Columns read into a [`Device`], in [`device_from_row`] order, with `d` as the table alias.
 pub(crate) const DEVICE_COLS: &str =
-    "d.seq, d.id, d.device_type, d.hw_id, d.hw_rev, d.site, d.region, d.status, d.firmware, d.created_at, d.updated_at, d.last_seen";
+    "d.seq, d.id, d.device_type, d.hw_id, d.hw_rev, d.site, d.region, d.status, d.firmware, d.created_at, d.updated_at, d.last_seen, d.connectivity, d.link_score";
 
 /// Rows per multi-row INSERT: 13 parameters each stays far below both backends' parameter limits.
 const INSERT_CHUNK: usize = 400;
@@ -83,6 +83,8 @@ pub(crate) fn device_from_row(row: &Row) -> Result<(i64, Device), StoreError> {
         created_at: Timestamp::from_millis(row.int(9)?),
         updated_at: Timestamp::from_millis(row.int(10)?),
         last_seen: (last_seen != 0).then(|| Timestamp::from_millis(last_seen)),
+        connectivity: Connectivity::parse(&row.text(12)?).map_err(StoreError::Corrupt)?,
+        link_score: u8::try_from(row.int(13)?).ok(),
     };
     Ok((row.int(0)?, device))
 }
@@ -314,6 +316,8 @@ fn device_from_new(new: &NewDevice, status: DeviceStatus, now: Timestamp) -> Dev
         created_at: now,
         updated_at: now,
         last_seen: new.last_seen,
+        connectivity: Connectivity::Unknown,
+        link_score: None,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use drover_core::health::{bucket_start, MetricName, QuantileSketch, Rollup};
-use drover_core::{DeviceId, Duration, Timestamp, Version};
+use drover_core::{Connectivity, DeviceId, Duration, LinkQuality, Timestamp, Version};
 use drover_proto::device_api::Heartbeat;
 
 use crate::db::{placeholders, value_rows, Db, Value};
@@ -24,12 +24,18 @@ pub struct HeartbeatRecord {
 pub struct IngestOptions {
     /// Width of a rollup time bucket.
     pub bucket: Duration,
+    /// Heartbeat interval assumed for devices that do not announce theirs.
+    pub default_interval: Duration,
+    /// A device is offline once this many intervals pass without a heartbeat.
+    pub offline_grace: u32,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             bucket: Duration::from_secs(60),
+            default_interval: Duration::from_secs(60),
+            offline_grace: 3,
         }
     }
 }
@@ -64,6 +70,8 @@ pub async fn record<D: Db>(
 ) -> Result<u64, StoreError> {
     // Resolve devices once for the whole batch.
     let mut devices: HashMap<String, (i64, String)> = HashMap::new();
+    // Connectivity before this batch, to record transitions.
+    let mut previous: HashMap<i64, String> = HashMap::new();
     let ids: Vec<Value> = {
         let mut ids: Vec<&str> = records.iter().map(|r| r.device.as_str()).collect();
         ids.sort_unstable();
@@ -72,11 +80,12 @@ pub async fn record<D: Db>(
     };
     for chunk in ids.chunks(CHUNK) {
         let sql = format!(
-            "SELECT id, seq, firmware FROM devices WHERE id IN ({}) AND status <> 'decommissioned'",
+            "SELECT id, seq, firmware, connectivity FROM devices WHERE id IN ({}) AND status <> 'decommissioned'",
             placeholders(1, chunk.len())
         );
         for row in db.query(&sql, chunk).await? {
             devices.insert(row.text(0)?, (row.int(1)?, row.text(2)?));
+            previous.insert(row.int(1)?, row.text(3)?);
         }
     }
 
@@ -87,6 +96,8 @@ pub async fn record<D: Db>(
     let mut latest: HashMap<i64, (Timestamp, Timestamp, Option<String>, String)> = HashMap::new();
     let mut seen: HashMap<i64, Timestamp> = HashMap::new();
     let mut firmware: HashMap<i64, Version> = HashMap::new();
+    // Per device: link state, link score and offline deadline from its newest heartbeat.
+    let mut reach: HashMap<i64, (Connectivity, u8, Timestamp)> = HashMap::new();
     for record in &records {
         let Some((seq, stored_firmware)) = devices.get(record.device.as_str()) else {
             continue;
@@ -122,6 +133,35 @@ pub async fn record<D: Db>(
             if let Some(version) = &heartbeat.firmware {
                 firmware.insert(*seq, version.clone());
             }
+            let metric = |name: &str| {
+                heartbeat
+                    .metrics
+                    .iter()
+                    .find(|(k, _)| k.as_str() == name)
+                    .map(|(_, v)| *v)
+            };
+            let link = LinkQuality {
+                packet_loss_pct: metric("packet_loss_pct"),
+                rssi_dbm: metric("rssi_dbm"),
+                snr_db: metric("snr_db"),
+                reconnects: metric("reconnects"),
+            };
+            let interval = heartbeat.interval_s.map_or(options.default_interval, |s| {
+                Duration::from_secs(i64::from(s.max(1)))
+            });
+            let grace = interval
+                .as_millis()
+                .saturating_mul(i64::from(options.offline_grace));
+            reach.insert(
+                *seq,
+                (
+                    link.state(),
+                    link.score(),
+                    record
+                        .received_at
+                        .saturating_add(Duration::from_millis(grace)),
+                ),
+            );
         }
         let last = seen.entry(*seq).or_insert(record.received_at);
         *last = (*last).max(record.received_at);
@@ -134,6 +174,17 @@ pub async fn record<D: Db>(
             &[ts(*at), Value::Int(*seq)],
         )
         .await?;
+    }
+    for (seq, (state, score, deadline)) in &reach {
+        db.execute(
+            "UPDATE devices SET connectivity = $1, link_score = $2, offline_after = $3 WHERE seq = $4",
+            &[Value::from(state.as_str()), Value::Int(i64::from(*score)), ts(*deadline), Value::Int(*seq)],
+        )
+        .await?;
+        let before = previous.get(seq).map_or("unknown", String::as_str);
+        if before != state.as_str() {
+            record_transition(db, *seq, seen[seq], before, state.as_str()).await?;
+        }
     }
     for (seq, version) in &firmware {
         db.execute(
@@ -295,4 +346,88 @@ pub async fn prune_samples<D: Db>(db: &mut D, before: Timestamp) -> Result<u64, 
         &[ts(before)],
     )
     .await
+}
+
+async fn record_transition<D: Db>(
+    db: &mut D,
+    seq: i64,
+    at: Timestamp,
+    from: &str,
+    to: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO connectivity_events (device_seq, at, from_state, to_state) VALUES ($1, $2, $3, $4)",
+        &[Value::Int(seq), ts(at), Value::from(from), Value::from(to)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks offline up to `limit` devices whose heartbeat deadline passed before `now`; returns
+/// their ids. The query walks the partial index on the deadline of reachable devices, so its cost
+/// is the number of devices that just went silent, not the fleet size.
+pub async fn mark_offline<D: Db>(
+    db: &mut D,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<DeviceId>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT seq, id, connectivity FROM devices
+             WHERE connectivity IN ('online', 'degraded') AND offline_after < $1
+             ORDER BY offline_after LIMIT $2",
+            &[ts(now), Value::Int(limit as i64)],
+        )
+        .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (seq, from) = (row.int(0)?, row.text(2)?);
+        // Re-checked in the UPDATE: a heartbeat committed in between keeps the device online.
+        let changed = db
+            .execute(
+                "UPDATE devices SET connectivity = 'offline'
+                 WHERE seq = $1 AND connectivity IN ('online', 'degraded') AND offline_after < $2",
+                &[Value::Int(seq), ts(now)],
+            )
+            .await?;
+        if changed == 1 {
+            record_transition(db, seq, now, &from, "offline").await?;
+            ids.push(
+                DeviceId::parse(&row.text(1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+    }
+    Ok(ids)
+}
+
+/// One change of a device's connectivity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectivityChange {
+    pub at: Timestamp,
+    pub from: Connectivity,
+    pub to: Connectivity,
+}
+
+/// A device's connectivity changes, newest first.
+pub async fn connectivity_history<D: Db>(
+    db: &mut D,
+    id: &DeviceId,
+    limit: usize,
+) -> Result<Vec<ConnectivityChange>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT e.at, e.from_state, e.to_state FROM connectivity_events e JOIN devices d ON d.seq = e.device_seq
+             WHERE d.id = $1 ORDER BY e.seq DESC LIMIT $2",
+            &[Value::from(id.as_str()), Value::Int(limit as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ConnectivityChange {
+                at: Timestamp::from_millis(r.int(0)?),
+                from: Connectivity::parse(&r.text(1)?).map_err(StoreError::Corrupt)?,
+                to: Connectivity::parse(&r.text(2)?).map_err(StoreError::Corrupt)?,
+            })
+        })
+        .collect()
 }

@@ -270,8 +270,8 @@ pub async fn provision<D: Db>(
             request.hardware_id.as_str()
         )));
     };
-    let preauth_hash = row.opt_text(12)?;
-    let nonce_hash = row.opt_text(13)?;
+    let preauth_hash = row.opt_text(14)?;
+    let nonce_hash = row.opt_text(15)?;
     let mut found = [device_from_row(&row)?];
     load_tags(db, &mut found).await?;
     let [(seq, before)] = found;
@@ -425,6 +425,8 @@ async fn provision_with_claim<D: Db>(
         created_at: now,
         updated_at: now,
         last_seen: Some(now),
+        connectivity: Default::default(),
+        link_score: None,
     };
     let seq = insert_device(db, &device, None).await?;
     if let Some(group) = &claim.group {
@@ -487,6 +489,8 @@ async fn enroll_pending<D: Db>(
         created_at: now,
         updated_at: now,
         last_seen: Some(now),
+        connectivity: Default::default(),
+        link_score: None,
     };
     let seq = insert_device(db, &device, None).await?;
     db.execute(

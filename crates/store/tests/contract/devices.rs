@@ -36,6 +36,8 @@ contract_tests! {
             created_at: at(0),
             updated_at: at(0),
             last_seen: None,
+            connectivity: drover_core::Connectivity::Unknown,
+            link_score: None,
         };
         assert_eq!(created, expected);
         assert_eq!(store.get_device(&id("dev-1")).await.unwrap(), expected);
@@ -266,11 +268,11 @@ contract_tests! {
 /// Opening a database that is already migrated, even from two processes at once, changes nothing.
 async fn reopening_a_database_is_idempotent(url: String, backend: &'static str) {
     let store = open(&url, backend).await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     create_active(&store, "dev-1", at(0)).await;
     let (again, concurrently) = tokio::join!(open(&url, backend), open(&url, backend));
     for reopened in [again, concurrently] {
-        assert_eq!(reopened.schema_version().await.unwrap(), 3);
+        assert_eq!(reopened.schema_version().await.unwrap(), 4);
         reopened.ping().await.unwrap();
         reopened.analyze().await.unwrap();
         assert_eq!(

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use drover_core::health::MetricName;
-use drover_core::{Duration, Timestamp};
+use drover_core::{Connectivity, Duration, Timestamp};
 use drover_proto::device_api::Heartbeat;
-use drover_store::{HeartbeatRecord, IngestOptions};
+use drover_store::{ConnectivityChange, HeartbeatRecord, IngestOptions};
 
 use crate::support::*;
 
@@ -22,6 +22,7 @@ fn heartbeat(
         heartbeat: Heartbeat {
             sent_at,
             firmware: firmware.map(version),
+            interval_s: None,
             boot_slot: None,
             metrics: metrics
                 .iter()
@@ -37,7 +38,7 @@ contract_tests! {
     async fn heartbeats_update_health_firmware_and_cohort_rollups(store: Store) {
         create_active(&store, "hb-1", at(0)).await;
         create_active(&store, "hb-2", at(0)).await;
-        let options = IngestOptions { bucket: Duration::from_secs(60) };
+        let options = IngestOptions { bucket: Duration::from_secs(60), ..IngestOptions::default() };
         let batch = vec![
             heartbeat("hb-1", at(10), None, Some("2.3.0"), &[("battery_v", 3.7), ("temp_c", -5.0)]),
             heartbeat("hb-2", at(10), None, Some("2.3.0"), &[("battery_v", 3.9)]),
@@ -72,5 +73,61 @@ contract_tests! {
         assert_eq!(merged[0].rollup.sketch.count(), 3);
 
         assert_eq!(store.prune_heartbeat_samples(at(6)).await.unwrap(), 1, "only the buffered sample is older");
+    }
+
+    /// Heartbeats set devices online or degraded with a link score; the detector marks offline
+    /// exactly the devices past interval x grace, once; every change is kept as history.
+    async fn connectivity_follows_heartbeats_and_their_deadlines(store: Store) {
+        for name in ["good", "weak", "quiet", "silent"] {
+            create_active(&store, name, at(0)).await;
+        }
+        let options = IngestOptions { default_interval: Duration::from_secs(3600), offline_grace: 3, ..IngestOptions::default() };
+        let mut fast = heartbeat("quiet", at(0), None, None, &[]);
+        fast.heartbeat.interval_s = Some(600);
+        let batch = vec![
+            heartbeat("good", at(0), None, None, &[("rssi_dbm", -70.0), ("packet_loss_pct", 0.0)]),
+            heartbeat("weak", at(0), None, None, &[("rssi_dbm", -110.0)]),
+            fast,
+        ];
+        store.record_heartbeats(batch, options).await.unwrap();
+        let state = |name: &'static str| {
+            let store = store.clone();
+            async move {
+                let device = store.get_device(&id(name)).await.unwrap();
+                (device.connectivity, device.link_score)
+            }
+        };
+        assert_eq!(state("good").await, (Connectivity::Online, Some(100)));
+        assert_eq!(state("weak").await, (Connectivity::Degraded, Some(50)));
+        assert_eq!(state("silent").await, (Connectivity::Unknown, None));
+        assert_eq!(ids_matching(&store, "connectivity = degraded").await, strings(&["weak"]));
+        assert_eq!(ids_matching(&store, "connectivity IN (online, degraded)").await, strings(&["good", "quiet", "weak"]));
+
+        // "quiet" announced 10 minutes: offline after 30. The others use the default hour: after 180.
+        assert_eq!(store.mark_offline(at(30), 100).await.unwrap(), vec![], "the deadline itself is not past");
+        assert_eq!(store.mark_offline(at(31), 100).await.unwrap(), vec![id("quiet")]);
+        assert_eq!(store.mark_offline(at(31), 100).await.unwrap(), vec![], "marked once");
+        assert_eq!(state("quiet").await.0, Connectivity::Offline);
+        // "good" reports again and stays online; "weak" goes silent.
+        store.record_heartbeats(vec![heartbeat("good", at(150), None, None, &[])], options).await.unwrap();
+        assert_eq!(store.mark_offline(at(200), 1).await.unwrap(), vec![id("weak")]);
+        assert_eq!(store.mark_offline(at(200), 1).await.unwrap(), vec![]);
+        assert_eq!(ids_matching(&store, "connectivity = offline").await, strings(&["quiet", "weak"]));
+        assert_eq!(ids_matching(&store, "connectivity = unknown").await, strings(&["silent"]));
+
+        // Back with a clean link.
+        store.record_heartbeats(vec![heartbeat("weak", at(300), None, None, &[("rssi_dbm", -80.0)])], options).await.unwrap();
+        assert_eq!(state("weak").await, (Connectivity::Online, Some(100)));
+        let change = |at, from, to| ConnectivityChange { at, from, to };
+        assert_eq!(
+            store.connectivity_history(&id("weak"), 10).await.unwrap(),
+            vec![
+                change(at(300), Connectivity::Offline, Connectivity::Online),
+                change(at(200), Connectivity::Degraded, Connectivity::Offline),
+                change(at(0), Connectivity::Unknown, Connectivity::Degraded),
+            ]
+        );
+        assert_eq!(store.connectivity_history(&id("weak"), 1).await.unwrap().len(), 1);
+        assert_eq!(store.connectivity_history(&id("silent"), 10).await.unwrap(), vec![]);
     }
 }
