@@ -95,7 +95,9 @@ impl fmt::Display for DeviceStatus {
 /// `online` and `degraded` are set by each heartbeat (`degraded` when it reports poor link quality:
 /// see [`Connectivity::from_link`]); `offline` when no heartbeat arrived within the device's
 /// announced interval times the grace factor; `unknown` until the first heartbeat.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Connectivity {
     #[default]
@@ -113,8 +115,12 @@ pub const DEGRADED_SNR_DB: f64 = 0.0;
 pub const DEGRADED_RECONNECTS: f64 = 3.0;
 
 impl Connectivity {
-    pub const ALL: [Connectivity; 4] =
-        [Connectivity::Unknown, Connectivity::Online, Connectivity::Degraded, Connectivity::Offline];
+    pub const ALL: [Connectivity; 4] = [
+        Connectivity::Unknown,
+        Connectivity::Online,
+        Connectivity::Degraded,
+        Connectivity::Offline,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -126,9 +132,14 @@ impl Connectivity {
     }
 
     pub fn parse(text: &str) -> Result<Connectivity, String> {
-        Connectivity::ALL.into_iter().find(|c| c.as_str() == text).ok_or_else(|| {
-            format!("unknown connectivity {text:?} (expected unknown, online, degraded or offline)")
-        })
+        Connectivity::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "unknown connectivity {text:?} (expected unknown, online, degraded or offline)"
+                )
+            })
     }
 }
 
@@ -147,7 +158,9 @@ impl LinkQuality {
     /// 10 %, RSSI is below −105 dBm, SNR below 0 dB or it reconnected 3 times or more since its
     /// previous heartbeat; otherwise `online`.
     pub fn state(&self) -> Connectivity {
-        let poor = self.packet_loss_pct.is_some_and(|v| v > DEGRADED_PACKET_LOSS_PCT)
+        let poor = self
+            .packet_loss_pct
+            .is_some_and(|v| v > DEGRADED_PACKET_LOSS_PCT)
             || self.rssi_dbm.is_some_and(|v| v < DEGRADED_RSSI_DBM)
             || self.snr_db.is_some_and(|v| v < DEGRADED_SNR_DB)
             || self.reconnects.is_some_and(|v| v >= DEGRADED_RECONNECTS);
@@ -164,7 +177,9 @@ impl LinkQuality {
     /// `degraded` limit scores about 60; two such problems score near zero.
     pub fn score(&self) -> u8 {
         let penalty = |value: Option<f64>, f: &dyn Fn(f64) -> f64, cap: f64| {
-            value.filter(|v| v.is_finite()).map_or(0.0, |v| f(v).clamp(0.0, cap))
+            value
+                .filter(|v| v.is_finite())
+                .map_or(0.0, |v| f(v).clamp(0.0, cap))
         };
         let total = penalty(self.packet_loss_pct, &|v| 4.0 * v, 60.0)
             + penalty(self.rssi_dbm, &|v| 2.5 * (-90.0 - v), 50.0)
@@ -212,25 +227,60 @@ mod link_tests {
 
     #[test]
     fn a_clean_link_is_online_and_scores_full() {
-        let link = LinkQuality { packet_loss_pct: Some(0.5), rssi_dbm: Some(-70.0), snr_db: Some(20.0), reconnects: Some(0.0) };
+        let link = LinkQuality {
+            packet_loss_pct: Some(0.5),
+            rssi_dbm: Some(-70.0),
+            snr_db: Some(20.0),
+            reconnects: Some(0.0),
+        };
         assert_eq!((link.state(), link.score()), (Connectivity::Online, 98));
-        assert_eq!((LinkQuality::default().state(), LinkQuality::default().score()), (Connectivity::Online, 100));
+        assert_eq!(
+            (
+                LinkQuality::default().state(),
+                LinkQuality::default().score()
+            ),
+            (Connectivity::Online, 100)
+        );
     }
 
     #[test]
     fn each_limit_alone_degrades_the_link() {
         for link in [
-            LinkQuality { packet_loss_pct: Some(10.5), ..LinkQuality::default() },
-            LinkQuality { rssi_dbm: Some(-106.0), ..LinkQuality::default() },
-            LinkQuality { snr_db: Some(-0.5), ..LinkQuality::default() },
-            LinkQuality { reconnects: Some(3.0), ..LinkQuality::default() },
+            LinkQuality {
+                packet_loss_pct: Some(10.5),
+                ..LinkQuality::default()
+            },
+            LinkQuality {
+                rssi_dbm: Some(-106.0),
+                ..LinkQuality::default()
+            },
+            LinkQuality {
+                snr_db: Some(-0.5),
+                ..LinkQuality::default()
+            },
+            LinkQuality {
+                reconnects: Some(3.0),
+                ..LinkQuality::default()
+            },
         ] {
             assert_eq!(link.state(), Connectivity::Degraded, "{link:?}");
-            assert!((40..=60).contains(&link.score()), "{link:?} scored {}", link.score());
+            assert!(
+                (40..=60).contains(&link.score()),
+                "{link:?} scored {}",
+                link.score()
+            );
         }
-        let awful = LinkQuality { packet_loss_pct: Some(40.0), rssi_dbm: Some(-120.0), snr_db: Some(-10.0), reconnects: Some(9.0) };
+        let awful = LinkQuality {
+            packet_loss_pct: Some(40.0),
+            rssi_dbm: Some(-120.0),
+            snr_db: Some(-10.0),
+            reconnects: Some(9.0),
+        };
         assert_eq!(awful.score(), 0);
-        let nonsense = LinkQuality { packet_loss_pct: Some(f64::NAN), ..LinkQuality::default() };
+        let nonsense = LinkQuality {
+            packet_loss_pct: Some(f64::NAN),
+            ..LinkQuality::default()
+        };
         assert_eq!(nonsense.score(), 100);
     }
 }

@@ -1,7 +1,8 @@
 //! `drover bench`: reproducible benchmarks of a real server on a fresh store, each beside an anchor
 //! measured in the same run. `registry` imports a synthetic fleet over HTTP and times fleet queries,
 //! counts and dynamic-group counts (anchor: a plain full-table count); `heartbeats` drives durable
-//! heartbeat ingest over HTTP (anchor: the same server answering `/healthz`).
+//! heartbeat ingest over HTTP (anchor: the same server answering `/healthz`); `mqtt` and
+//! `mqtt-idle` (in `bench_mqtt`) the MQTT device API.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,10 @@ pub enum BenchCommand {
     Registry(RegistryArgs),
     /// Drive heartbeats over HTTP (single or batched) and measure durable throughput and latency.
     Heartbeats(HeartbeatArgs),
+    /// Drive QoS 1 heartbeats over MQTT into the embedded broker (anchor: Mosquitto relaying).
+    Mqtt(crate::bench_mqtt::MqttArgs),
+    /// Memory per idle MQTT connection of a `drover serve` process (anchor: Mosquitto).
+    MqttIdle(crate::bench_mqtt::IdleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +71,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Registry(args) => registry(args).await,
         BenchCommand::Heartbeats(args) => heartbeats(args).await,
+        BenchCommand::Mqtt(args) => crate::bench_mqtt::mqtt(args).await,
+        BenchCommand::MqttIdle(args) => crate::bench_mqtt::idle(args).await,
     }
 }
 
@@ -73,6 +80,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let dir = TempDir::new();
     let mut config = ServerConfig::with_data_dir(&dir.path);
     config.listen = "127.0.0.1:0".parse()?;
+    config.mqtt = drover_server::mqtt::MqttConfig::Off;
     config.admin_token = Some(BENCH_TOKEN.into());
     if let Some(store) = &args.store {
         config.store_url = store.clone();
@@ -258,6 +266,7 @@ async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
     let dir = TempDir::new();
     let mut config = ServerConfig::with_data_dir(&dir.path);
     config.listen = "127.0.0.1:0".parse()?;
+    config.mqtt = drover_server::mqtt::MqttConfig::Off;
     config.admin_token = Some(BENCH_TOKEN.into());
     if let Some(store) = &args.store {
         config.store_url = store.clone();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use drover_server::mqtt::{ExternalBroker, MqttConfig};
 use drover_server::ServerConfig;
 use serde::Deserialize;
 
@@ -33,6 +34,13 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "DROVER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Embedded MQTT broker address, or `off` [default: 127.0.0.1:1884].
+    #[arg(long, env = "DROVER_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+    /// Use this external MQTT broker (`mqtt://[user:password@]host[:port]`) instead of the
+    /// embedded one.
+    #[arg(long, env = "DROVER_MQTT_BROKER", hide_env_values = true)]
+    pub mqtt_broker: Option<String>,
 }
 
 /// How logs are written to stderr.
@@ -61,6 +69,14 @@ pub struct FileConfig {
     pub default_heartbeat_interval: Option<String>,
     /// Missed heartbeat intervals after which a device is offline (default 3).
     pub offline_grace: Option<u32>,
+    /// Embedded MQTT broker address, or `off`.
+    pub mqtt_listen: Option<String>,
+    /// External MQTT broker URL (replaces the embedded broker).
+    pub mqtt_broker: Option<String>,
+    /// Shared-subscription group of the replicas using the external broker (default `drover`).
+    pub mqtt_group: Option<String>,
+    /// This replica's MQTT client id on the external broker (default `drover-<host>-<pid>`).
+    pub mqtt_client_id: Option<String>,
 }
 
 impl FileConfig {
@@ -78,6 +94,7 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let mqtt = mqtt_config(args, &file)?;
     let data_dir = args
         .data_dir
         .clone()
@@ -123,6 +140,7 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
         }
         config.ingest.options.offline_grace = grace;
     }
+    config.mqtt = mqtt;
     config.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     if let Some(token) = &config.admin_token {
         if token.len() < 16 {
@@ -134,6 +152,59 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
         .or(file.log_format)
         .unwrap_or(LogFormat::Pretty);
     Ok((config, log_format))
+}
+
+/// The MQTT device API from `mqtt_listen` / `mqtt_broker` (flags over file); both at once is an
+/// error, because it is unclear which one devices should use.
+fn mqtt_config(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<MqttConfig> {
+    let listen = args
+        .mqtt_listen
+        .clone()
+        .or_else(|| file.mqtt_listen.clone());
+    let broker = args
+        .mqtt_broker
+        .clone()
+        .or_else(|| file.mqtt_broker.clone())
+        .filter(|b| !b.is_empty());
+    match (listen, broker) {
+        (Some(listen), Some(_)) if listen != "off" => bail!(
+            "mqtt_listen ({listen}) and mqtt_broker are both set: use the embedded broker or an external one, not both"
+        ),
+        (_, Some(url)) => {
+            drover_server::mqtt::external::parse_url(&url).context("mqtt_broker")?;
+            let group = file.mqtt_group.clone().unwrap_or_else(|| "drover".to_owned());
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                bail!("mqtt_group must be a non-empty name without '/', '+' or '#', got {group:?}");
+            }
+            let client_id = file.mqtt_client_id.clone().unwrap_or_else(default_client_id);
+            Ok(MqttConfig::External(ExternalBroker { url, group, client_id }))
+        }
+        (Some(listen), None) if listen == "off" => Ok(MqttConfig::Off),
+        (Some(listen), None) => {
+            let listen = listen.parse().map_err(|_| {
+                anyhow::anyhow!("mqtt_listen must be an address such as 127.0.0.1:1884 or `off`, got {listen:?}")
+            })?;
+            Ok(MqttConfig::Embedded { listen })
+        }
+        (None, None) => Ok(ServerConfig::with_data_dir(Path::new(".")).mqtt),
+    }
+}
+
+/// `drover-<host name>-<pid>`: unique per replica, recognisable in the broker's logs.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    format!(
+        "drover-{}-{}",
+        if host.is_empty() { "server" } else { &host },
+        std::process::id()
+    )
 }
 
 /// Runs the server until a termination signal.
@@ -150,6 +221,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     eprintln!("drover is serving on http://{}", server.addr);
+    if let Some(mqtt) = server.mqtt_addr {
+        eprintln!("devices can connect over MQTT to mqtt://{mqtt}");
+    }
     server.wait().await
 }
 
@@ -195,6 +269,8 @@ pub async fn recover_admin(args: RecoverArgs) -> anyhow::Result<()> {
         allow_pending: None,
         admin_token: None,
         log_format: None,
+        mqtt_listen: None,
+        mqtt_broker: None,
     };
     let (config, _) = build_config(&serve_args)?;
     let store =

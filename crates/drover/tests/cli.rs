@@ -19,6 +19,9 @@ async fn spawn_server() -> TestServer {
     let dir = TempDir::new();
     let mut config = ServerConfig::with_data_dir(&dir.path);
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt = drover_server::mqtt::MqttConfig::Embedded {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     let server = drover_server::start(config, std::future::pending())
         .await

@@ -14,6 +14,7 @@
 //! - [`audit`]: audit log entries.
 //! - [`device_api`]: what devices send and receive (provisioning, whoami).
 //! - [`shadow`]: device shadow documents, updates, deltas (both APIs).
+//! - [`mqtt`]: the MQTT topic layout of the device API.
 
 pub mod audit;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod device_api;
 pub mod devices;
 pub mod error;
 pub mod groups;
+pub mod mqtt;
 pub mod shadow;
 
 /// A page of results with an opaque cursor for the next one (keyset pagination: stable while rows

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub sample_retention: drover_core::Duration,
     /// How often the offline detector looks for devices past their heartbeat deadline.
     pub offline_check: std::time::Duration,
+    /// The MQTT device API: embedded broker (default), external broker, or off.
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 impl ServerConfig {
@@ -42,6 +44,11 @@ impl ServerConfig {
             ingest: crate::ingest::IngestConfig::default(),
             sample_retention: drover_core::Duration::from_secs(7 * 86_400),
             offline_check: std::time::Duration::from_secs(5),
+            mqtt: crate::mqtt::MqttConfig::Embedded {
+                listen: crate::mqtt::DEFAULT_LISTEN
+                    .parse()
+                    .expect("valid default address"),
+            },
         }
     }
 

@@ -185,6 +185,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(crate::metrics::ErrorCode(self.code));
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

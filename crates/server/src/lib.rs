@@ -13,7 +13,8 @@
 //!   shadows, ops).
 //! - `import`: streaming CSV / JSON-lines parsing for bulk device import.
 //! - [`ingest`]: group commit of heartbeats with a bounded queue (backpressure).
-//! - [`shadow_hub`]: in-process notification of shadow changes, for long-polls (and later MQTT).
+//! - [`shadow_hub`]: in-process notification of shadow changes, for long-polls and MQTT deltas.
+//! - [`mqtt`]: the MQTT device API: embedded broker or external-broker client, one message handler.
 //! - `metrics`: Prometheus metrics and the request-metrics middleware.
 //! - `openapi`: the OpenAPI 3 document generated from the handlers' annotations.
 
@@ -23,6 +24,7 @@ mod extract;
 mod import;
 pub mod ingest;
 mod metrics;
+pub mod mqtt;
 mod openapi;
 mod routes;
 pub mod shadow_hub;
@@ -79,6 +81,8 @@ pub fn now() -> Timestamp {
 /// A running server: its address and a handle to stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the embedded MQTT broker listens, when it runs.
+    pub mqtt_addr: Option<SocketAddr>,
     pub store: Store,
     /// The admin token created on first start, if one was created (shown once).
     pub bootstrap_token: Option<String>,
@@ -117,6 +121,10 @@ pub async fn start(
             config.listen
         )
     })?;
+    let mqtt_listener = match &config.mqtt {
+        mqtt::MqttConfig::Embedded { listen } => Some(mqtt::embedded::bind(*listen).await?),
+        _ => None,
+    };
     let store = Store::open(
         &config.store_url,
         &StoreOptions {
@@ -125,11 +133,7 @@ pub async fn start(
     )
     .await
     .with_context(|| format!("cannot open the store at {}", config.redacted_store_url()))?;
-    let bootstrap_token = store
-        .bootstrap_admin(config.admin_token.clone(), now())
-        .await
-        .context("cannot create the first admin token")?
-        .filter(|_| config.admin_token.is_none());
+    let admin_token = config.admin_token.clone();
     let addr = listener.local_addr()?;
     let sample_retention = config.sample_retention;
     let offline_check = config.offline_check;
@@ -142,6 +146,35 @@ pub async fn start(
         metrics: metrics.clone(),
         shadows: shadows.clone(),
         token_touches: Arc::default(),
+    };
+    let messages = mqtt::handler::DeviceMessages::new(state.clone());
+    let mqtt_addr = mqtt_listener.as_ref().map(|l| l.local_addr());
+    let mqtt_transport = match (&state.config.mqtt, mqtt_listener) {
+        (mqtt::MqttConfig::Embedded { .. }, Some(listener)) => {
+            Some(mqtt::Transport::Embedded(listener.start(messages).await?))
+        }
+        (mqtt::MqttConfig::External(broker), _) => Some(mqtt::Transport::External(
+            mqtt::external::start(broker.clone(), messages)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot use the MQTT broker at {}",
+                        config::redact_url(&broker.url)
+                    )
+                })?,
+        )),
+        _ => None,
+    };
+    // Last of the fallible steps: the first admin token is shown only once, so it must not be
+    // created by a start that then fails.
+    let bootstrap_token = match store.bootstrap_admin(admin_token.clone(), now()).await {
+        Ok(token) => token.filter(|_| admin_token.is_none()),
+        Err(e) => {
+            if let Some(transport) = mqtt_transport {
+                transport.shutdown().await;
+            }
+            return Err(anyhow::Error::new(e).context("cannot create the first admin token"));
+        }
     };
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -162,11 +195,18 @@ pub async fn start(
         // Background loops live exactly as long as the server.
         housekeeping.abort();
         detector.abort();
+        if let Some(transport) = mqtt_transport {
+            transport.shutdown().await;
+        }
         served
     });
     tracing::info!(%addr, store = store.backend_name(), "drover is listening");
+    if let Some(mqtt_addr) = mqtt_addr {
+        tracing::info!(%mqtt_addr, "embedded MQTT broker is listening");
+    }
     Ok(RunningServer {
         addr,
+        mqtt_addr,
         store,
         bootstrap_token,
         shutdown: Some(tx),

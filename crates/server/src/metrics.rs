@@ -29,6 +29,16 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    transport: &'static str,
+    code: &'static str,
+}
+
+/// The error code of an API error response, for metrics (set by `ApiError::into_response`).
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -43,6 +53,12 @@ pub struct Metrics {
     devices: Family<StatusLabels, Gauge>,
     /// Devices the offline detector marked offline.
     pub went_offline: Counter,
+    rejections: Family<RejectionLabels, Counter>,
+    /// MQTT messages devices published, and answers the server published to them.
+    pub mqtt_received: Counter,
+    pub mqtt_sent: Counter,
+    /// Devices connected to the embedded broker.
+    pub mqtt_connections: Gauge,
     /// When the device gauges were last refreshed: counting a large fleet on every scrape would let
     /// a scraper load the database, so counts are at most this old.
     devices_refreshed: Mutex<Option<Instant>>,
@@ -75,14 +91,49 @@ impl Metrics {
             "Devices marked offline after missing their heartbeats",
             went_offline.clone(),
         );
+        let rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "device_rejections",
+            "Device requests and messages refused, by transport and error code",
+            rejections.clone(),
+        );
+        let mqtt_received = Counter::default();
+        registry.register(
+            "mqtt_messages_received",
+            "MQTT messages devices published to Drover",
+            mqtt_received.clone(),
+        );
+        let mqtt_sent = Counter::default();
+        registry.register(
+            "mqtt_messages_sent",
+            "MQTT messages Drover published to devices",
+            mqtt_sent.clone(),
+        );
+        let mqtt_connections = Gauge::default();
+        registry.register(
+            "mqtt_connections",
+            "Devices connected to the embedded MQTT broker",
+            mqtt_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             devices,
             went_offline,
+            rejections,
+            mqtt_received,
+            mqtt_sent,
+            mqtt_connections,
             devices_refreshed: Mutex::new(None),
         }
+    }
+
+    /// Counts a refused device request or message.
+    pub fn rejected(&self, transport: &'static str, code: &'static str) {
+        self.rejections
+            .get_or_create(&RejectionLabels { transport, code })
+            .inc();
     }
 
     /// The OpenMetrics text exposition, refreshing device gauges if they are stale.
@@ -138,6 +189,11 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let metrics = &state.metrics;
+    if route.starts_with("/api/device/") {
+        if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+            metrics.rejected("http", code);
+        }
+    }
     metrics
         .requests
         .get_or_create(&RequestLabels {

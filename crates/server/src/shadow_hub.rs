@@ -6,6 +6,11 @@
 //! last waiter leaves, so memory grows with the number of open long-polls, never with the fleet,
 //! and publishing a change nobody waits for costs one map lookup.
 //!
+//! Changes of desired state are also broadcast to the MQTT transport ([`ShadowHub::desired_changes`]),
+//! which publishes the delta to the device. The broadcast is bounded: a transport that falls more
+//! than [`DESIRED_BACKLOG`] changes behind skips the oldest, and the devices concerned converge
+//! when they next fetch their shadow (as they do on every reconnect).
+//!
 //! This hub only sees changes made through this server process. With several replicas, a change
 //! made through another replica does not wake a waiter here; waiters therefore also re-read the
 //! store every few seconds (see `routes::shadow`), which keeps them correct, only slower to wake,
@@ -16,8 +21,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use drover_core::shadow::ShadowName;
 use drover_core::DeviceId;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Desired-state changes the MQTT transport may fall behind by before it skips some.
+pub const DESIRED_BACKLOG: usize = 4096;
+
+/// A shadow whose desired state changed, at `version`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredChange {
+    pub device: DeviceId,
+    pub name: Option<ShadowName>,
+    pub version: u64,
+}
 
 /// The notification hub; cheap to clone, all clones share the waiters.
 #[derive(Clone, Default)]
@@ -33,12 +49,22 @@ pub struct ShadowWatch {
     rx: Option<watch::Receiver<u64>>,
 }
 
-#[derive(Default)]
 struct Inner {
     /// The highest version published for each watched shadow since its first waiter arrived.
     watches: Mutex<HashMap<Key, watch::Sender<u64>>>,
     /// Cancelled at shutdown, so that long-polls answer at once instead of holding shutdown up.
     closed: CancellationToken,
+    desired: broadcast::Sender<DesiredChange>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            watches: Mutex::default(),
+            closed: CancellationToken::new(),
+            desired: broadcast::channel(DESIRED_BACKLOG).0,
+        }
+    }
 }
 
 /// A device and a shadow name (`''` for the classic shadow, as in the store).
@@ -78,6 +104,21 @@ impl ShadowHub {
                 newer
             });
         }
+    }
+
+    /// Announces that operators changed a shadow's desired state (to whoever listens for deltas).
+    pub fn desired_changed(&self, device: &DeviceId, name: Option<&ShadowName>, version: u64) {
+        // No receiver (MQTT off) is not an error.
+        let _ = self.inner.desired.send(DesiredChange {
+            device: device.clone(),
+            name: name.cloned(),
+            version,
+        });
+    }
+
+    /// Desired-state changes from now on.
+    pub fn desired_changes(&self) -> broadcast::Receiver<DesiredChange> {
+        self.inner.desired.subscribe()
     }
 
     /// Wakes every current and future waiter for good (server shutdown).

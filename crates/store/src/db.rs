@@ -27,6 +27,7 @@ impl From<SqlParam> for Value {
             SqlParam::Text(s) => Value::Text(s),
             SqlParam::Int(i) => Value::Int(i),
             SqlParam::Bytes(b) => Value::Bytes(b),
+            SqlParam::Float(f) => Value::Float(f),
         }
     }
 }

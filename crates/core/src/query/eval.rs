@@ -5,10 +5,13 @@
 //! optional field, an absent tag, a device never seen, no firmware) is false for every operator,
 //! including `!=`, `!~` and `NOT IN`, and `EXISTS` is true exactly when the attribute is present.
 //! `NOT` is plain negation on top of that, so `NOT site = x` includes devices without a site while
-//! `site != x` does not.
+//! `site != x` does not. Heartbeat metrics follow the same rule: a device with no heartbeat yet, or
+//! whose latest heartbeat lacks the metric, has no value, and so does a device whose link score is
+//! not known yet.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use crate::device::{Device, DeviceStatus};
 use crate::ids::GroupName;
@@ -57,23 +60,24 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     pattern[pattern_idx..].iter().all(|&p| p == '*')
 }
 
-/// Whether `device` satisfies `expr`; `static_groups` are the static groups the device belongs to.
-pub(crate) fn eval(
-    expr: &Expr,
-    device: &Device,
-    static_groups: &[GroupName],
-    now: Timestamp,
-) -> bool {
+/// What a query is evaluated against: one device and what the device record itself does not carry.
+#[derive(Clone, Copy)]
+pub(crate) struct Subject<'a> {
+    pub device: &'a Device,
+    /// The static groups the device belongs to.
+    pub static_groups: &'a [GroupName],
+    /// The metrics of the device's latest heartbeat, by name; `None` if it has sent none.
+    pub metrics: Option<&'a BTreeMap<String, f64>>,
+}
+
+/// Whether `subject` satisfies `expr`.
+pub(crate) fn eval(expr: &Expr, subject: Subject<'_>, now: Timestamp) -> bool {
     match expr {
         Expr::All => true,
-        Expr::Or(operands) => operands
-            .iter()
-            .any(|operand| eval(operand, device, static_groups, now)),
-        Expr::And(operands) => operands
-            .iter()
-            .all(|operand| eval(operand, device, static_groups, now)),
-        Expr::Not(inner) => !eval(inner, device, static_groups, now),
-        Expr::Predicate(predicate) => eval_predicate(predicate, device, static_groups, now),
+        Expr::Or(operands) => operands.iter().any(|operand| eval(operand, subject, now)),
+        Expr::And(operands) => operands.iter().all(|operand| eval(operand, subject, now)),
+        Expr::Not(inner) => !eval(inner, subject, now),
+        Expr::Predicate(predicate) => eval_predicate(predicate, subject, now),
     }
 }
 
@@ -84,20 +88,17 @@ enum Attr<'a> {
     Connectivity(crate::device::Connectivity),
     Version(&'a Version),
     Time(Timestamp),
+    Number(f64),
 }
 
-fn eval_predicate(
-    predicate: &Predicate,
-    device: &Device,
-    static_groups: &[GroupName],
-    now: Timestamp,
-) -> bool {
+fn eval_predicate(predicate: &Predicate, subject: Subject<'_>, now: Timestamp) -> bool {
     if !predicate.is_well_formed() {
         return false;
     }
     let values = &predicate.values;
     if predicate.field == Field::Group {
         // Membership is never missing: a device is either in the group or not.
+        let static_groups = subject.static_groups;
         let is_member =
             |value: &Value| matches!(value, Value::Group(name) if static_groups.contains(name));
         return match predicate.op {
@@ -106,7 +107,7 @@ fn eval_predicate(
             _ => false,
         };
     }
-    let Some(attr) = attribute(&predicate.field, device) else {
+    let Some(attr) = attribute(&predicate.field, subject) else {
         return false;
     };
     let compare = |value: &Value| compare(&attr, value, now);
@@ -136,8 +137,9 @@ fn eval_predicate(
     }
 }
 
-/// The device's value for `field`, or `None` if it is missing.
-fn attribute<'a>(field: &Field, device: &'a Device) -> Option<Attr<'a>> {
+/// The subject's value for `field`, or `None` if it is missing.
+fn attribute<'a>(field: &Field, subject: Subject<'a>) -> Option<Attr<'a>> {
+    let device = subject.device;
     let attr = match field {
         Field::Id => Attr::Text(device.id.as_str()),
         Field::DeviceType => Attr::Text(device.device_type.as_str()),
@@ -152,6 +154,8 @@ fn attribute<'a>(field: &Field, device: &'a Device) -> Option<Attr<'a>> {
         Field::LastSeen => Attr::Time(device.last_seen?),
         Field::Created => Attr::Time(device.created_at),
         Field::Updated => Attr::Time(device.updated_at),
+        Field::LinkScore => Attr::Number(f64::from(device.link_score?)),
+        Field::Metric(name) => Attr::Number(*subject.metrics?.get(name.as_str())?),
         Field::Group => return None,
     };
     Some(attr)
@@ -166,6 +170,8 @@ fn compare(attr: &Attr<'_>, value: &Value, now: Timestamp) -> Option<Ordering> {
         // Semantic precedence: 2.9.1 < 2.10.0, pre-releases before releases, build metadata ignored.
         (Attr::Version(version), Value::Version(other)) => Some((*version).cmp(other)),
         (Attr::Time(at), Value::Time(other)) => Some(at.cmp(&other.resolve(now))),
+        // `None` for a NaN reading, so it matches nothing, as SQL's NULL would.
+        (Attr::Number(number), Value::Number(other)) => number.partial_cmp(&other.get()),
         _ => None,
     }
 }
@@ -176,7 +182,7 @@ fn glob_text<'a>(attr: &Attr<'a>) -> Option<Cow<'a, str>> {
     match attr {
         Attr::Text(text) => Some(Cow::Borrowed(text)),
         Attr::Version(version) => Some(Cow::Owned(version.to_string())),
-        Attr::Status(_) | Attr::Connectivity(_) | Attr::Time(_) => None,
+        Attr::Status(_) | Attr::Connectivity(_) | Attr::Time(_) | Attr::Number(_) => None,
     }
 }
 
@@ -225,9 +231,18 @@ mod tests {
             firmware: None,
             tags: BTreeMap::new(),
             last_seen: None,
+            link_score: None,
             status: DeviceStatus::Pending,
             ..full_device()
         }
+    }
+
+    /// Latest heartbeat metrics from name-value pairs.
+    fn metrics(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), *value))
+            .collect()
     }
 
     fn matches(text: &str, device: &Device, groups: &[GroupName]) -> bool {
@@ -394,6 +409,134 @@ mod tests {
         }
         assert!(Query::parse("connectivity = asleep").is_err());
         assert!(Query::parse("connectivity < online").is_err());
+    }
+
+    #[test]
+    fn metric_predicates_are_false_without_a_reading_except_under_not() {
+        let reported = metrics(&[
+            ("battery_v", 2.9),
+            ("temp_c", 71.5),
+            ("rssi_dbm", -104.0),
+            ("custom_x", 2.0),
+        ]);
+        // A heartbeat that carries other metrics but not the one tested.
+        let other = metrics(&[("temp_c", 20.0)]);
+        let device = full_device();
+        // (query, with `reported`, with `other`, with no heartbeat yet)
+        let cases = [
+            ("battery_v < 3.0", true, false, false),
+            ("battery_v < 2.9", false, false, false),
+            ("battery_v <= 2.9 AND battery_v >= 2.9", true, false, false),
+            ("battery_v = 2.9", true, false, false),
+            ("battery_v > 2.9", false, false, false),
+            ("battery_v != 2.9", false, false, false),
+            ("battery_v != 3.7", true, false, false),
+            ("NOT battery_v < 3.0", false, true, true),
+            ("NOT battery_v != 2.9", true, true, true),
+            ("battery_v IN (2.9, 3.7)", true, false, false),
+            ("battery_v NOT IN (3.7)", true, false, false),
+            ("battery_v NOT IN (2.9, 3.7)", false, false, false),
+            ("NOT battery_v IN (3.7)", true, true, true),
+            ("metrics.battery_v > 2.5", true, false, false),
+            ("temp_c >= 70", true, false, false),
+            ("temp_c < 70", false, true, false),
+            ("rssi_dbm < -100", true, false, false),
+            (
+                "rssi_dbm > -104.5 AND rssi_dbm < -103.5",
+                true,
+                false,
+                false,
+            ),
+            // An extra metric the device reports but Drover does not know.
+            ("metrics.custom_x > 1", true, false, false),
+            ("metrics.custom_x = 2", true, false, false),
+            ("NOT metrics.custom_x > 1", false, true, true),
+            (
+                "metrics.custom_y > 1 OR metrics.custom_y <= 1",
+                false,
+                false,
+                false,
+            ),
+            ("NOT metrics.custom_y = 1", true, true, true),
+            (
+                "temp_c >= 70 AND connectivity = degraded",
+                true,
+                false,
+                false,
+            ),
+        ];
+        for (text, with_reported, with_other, without) in cases {
+            let query = Query::parse(text).unwrap_or_else(|err| panic!("{text}: {err}"));
+            let matches = |latest: Option<&BTreeMap<String, f64>>| {
+                query.matches_with_metrics(&device, &[], latest, NOW)
+            };
+            assert_eq!(
+                matches(Some(&reported)),
+                with_reported,
+                "{text} with readings"
+            );
+            assert_eq!(
+                matches(Some(&other)),
+                with_other,
+                "{text} lacking the metric"
+            );
+            assert_eq!(matches(None), without, "{text} without a heartbeat");
+            // The plain method knows no metrics, like a device that never sent a heartbeat.
+            assert_eq!(
+                query.matches(&device, &[], NOW),
+                without,
+                "{text} via matches"
+            );
+        }
+    }
+
+    #[test]
+    fn link_score_is_missing_until_the_first_heartbeat() {
+        // (query, matches the full device scoring 48, matches the bare device without a score)
+        let cases = [
+            ("link_score = 48", true, false),
+            ("link_score < 50", true, false),
+            ("link_score <= 0", false, false),
+            ("link_score != 100", true, false),
+            ("link_score >= 0", true, false),
+            ("NOT link_score >= 0", false, true),
+            ("link_score IN (0, 48)", true, false),
+            ("link_score NOT IN (48)", false, false),
+            ("link_score NOT IN (50)", true, false),
+            ("NOT link_score = 48", false, true),
+        ];
+        for (text, full, bare) in cases {
+            assert_eq!(
+                matches(text, &full_device(), &[]),
+                full,
+                "{text} on the full device"
+            );
+            assert_eq!(
+                matches(text, &bare_device(), &[]),
+                bare,
+                "{text} on the bare device"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_uses_metrics_when_any_predicate_tests_one() {
+        let cases = [
+            ("battery_v < 3", true),
+            (
+                "site = a OR NOT (status = active AND metrics.custom_x > 1)",
+                true,
+            ),
+            ("link_score < 50 AND connectivity = online", false),
+            ("", false),
+        ];
+        for (text, uses_metrics) in cases {
+            assert_eq!(
+                Query::parse(text).unwrap().uses_metrics(),
+                uses_metrics,
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -244,6 +244,28 @@ mod tests {
     }
 
     #[test]
+    fn negative_and_decimal_numbers_are_single_words_even_right_after_an_operator() {
+        let tokens = lex("rssi_dbm<-100 OR battery_v>=3.0 OR temp_c = -0.5").unwrap();
+        assert_eq!(
+            tokens,
+            vec![
+                (word("rssi_dbm"), 1),
+                (TokenKind::Op(Op::Lt), 9),
+                (word("-100"), 10),
+                (word("OR"), 15),
+                (word("battery_v"), 18),
+                (TokenKind::Op(Op::Ge), 27),
+                (word("3.0"), 29),
+                (word("OR"), 33),
+                (word("temp_c"), 36),
+                (TokenKind::Op(Op::Eq), 43),
+                (word("-0.5"), 45),
+                (TokenKind::End, 49),
+            ]
+        );
+    }
+
+    #[test]
     fn every_symbolic_operator_is_recognised() {
         let cases = [
             ("=", Op::Eq),

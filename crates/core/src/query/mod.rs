@@ -7,10 +7,11 @@
 //! tags.env = prod AND firmware < 2.3.0 AND last_seen < now-10m AND NOT site ~ "berlin-*"
 //! ```
 //!
-//! is parsed once into a [`Query`], which can then be evaluated against a device in memory
-//! ([`Query::matches`]) or compiled to a parameterised SQL fragment ([`Query::to_sql`]); the two always
-//! select the same devices. A query's [`Display`](std::fmt::Display) is its canonical text, which is
-//! what dynamic groups store. The full language is described in `docs/query-language.md`.
+//! is parsed once into a [`Query`], which can then be evaluated against a device and its latest
+//! heartbeat metrics in memory ([`Query::matches_with_metrics`]) or compiled to a parameterised SQL
+//! fragment ([`Query::to_sql`]); the two always select the same devices. A query's
+//! [`Display`](std::fmt::Display) is its canonical text, which is what dynamic groups store. The full
+//! language is described in `docs/query-language.md`.
 //!
 //! ```
 //! use drover_core::query::{Dialect, Query, SqlParam};
@@ -37,6 +38,7 @@ mod lexer;
 mod parser;
 mod sql;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -45,7 +47,7 @@ use crate::device::Device;
 use crate::ids::GroupName;
 use crate::time::Timestamp;
 
-pub use ast::{Expr, Field, FieldKind, Op, Predicate, TimeValue, Value};
+pub use ast::{Expr, Field, FieldKind, Number, Op, Predicate, TimeValue, Value};
 pub use eval::glob_match;
 pub use parser::{MAX_DEPTH, MAX_IN_VALUES, MAX_QUERY_BYTES};
 pub use sql::{Dialect, SqlFragment, SqlParam};
@@ -97,8 +99,29 @@ impl Query {
 
     /// Whether `device` matches. `static_groups` are the static groups the device belongs to (for
     /// `group` predicates); relative times such as `now-10m` are resolved against `now`.
+    ///
+    /// The device record carries no heartbeat metrics, so here every metric is missing (and a metric
+    /// predicate false); use [`Query::matches_with_metrics`] when the query
+    /// [uses metrics](Query::uses_metrics).
     pub fn matches(&self, device: &Device, static_groups: &[GroupName], now: Timestamp) -> bool {
-        eval::eval(&self.expr, device, static_groups, now)
+        self.matches_with_metrics(device, static_groups, None, now)
+    }
+
+    /// Like [`Query::matches`], with `metrics` the readings of the device's latest heartbeat by
+    /// metric name (`None` if it has sent none), which predicates such as `battery_v < 3.0` test.
+    pub fn matches_with_metrics(
+        &self,
+        device: &Device,
+        static_groups: &[GroupName],
+        metrics: Option<&BTreeMap<String, f64>>,
+        now: Timestamp,
+    ) -> bool {
+        let subject = eval::Subject {
+            device,
+            static_groups,
+            metrics,
+        };
+        eval::eval(&self.expr, subject, now)
     }
 
     /// Compiles to a boolean SQL expression over the devices table aliased `d`, selecting exactly the
@@ -106,6 +129,20 @@ impl Query {
     /// can follow the caller's own parameters), and relative times are resolved against `now`.
     pub fn to_sql(&self, dialect: Dialect, now: Timestamp, first_param: usize) -> SqlFragment {
         sql::compile(&self.expr, dialect, now, first_param)
+    }
+
+    /// True if the query tests a heartbeat metric, so evaluating it in memory needs the device's
+    /// latest metrics ([`Query::matches_with_metrics`]).
+    pub fn uses_metrics(&self) -> bool {
+        fn walk(expr: &Expr) -> bool {
+            match expr {
+                Expr::All => false,
+                Expr::Or(items) | Expr::And(items) => items.iter().any(walk),
+                Expr::Not(inner) => walk(inner),
+                Expr::Predicate(p) => matches!(p.field, Field::Metric(_)),
+            }
+        }
+        walk(&self.expr)
     }
 
     /// True if the query tests membership of the static group `name`.

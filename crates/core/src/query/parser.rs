@@ -8,6 +8,7 @@
 //! and       := not ("AND" not)*
 //! not       := "NOT" not | "(" or ")" | predicate
 //! predicate := field op value | field ["NOT"] "IN" "(" value ("," value)* ")" | field "EXISTS"
+//! number    := ["-"] digit+ ["." digit+]      (the value of a metric or link_score)
 //! ```
 //!
 //! Values are validated against their field while parsing, so every error carries the column of the
@@ -17,7 +18,9 @@
 
 use crate::device::DeviceStatus;
 use crate::ids::GroupName;
-use crate::query::ast::{truncate, Expr, Field, FieldKind, Op, Predicate, TimeValue, Value};
+use crate::query::ast::{
+    truncate, Expr, Field, FieldKind, Number, Op, Predicate, TimeValue, Value,
+};
 use crate::query::lexer::{is_keyword, Lexer, Token, TokenKind};
 use crate::query::QueryError;
 use crate::time::{Duration, Timestamp};
@@ -179,12 +182,12 @@ impl<'a> Parser<'a> {
     fn predicate(&mut self, name: String) -> Result<Expr, QueryError> {
         let field_token = self.advance()?;
         let field = Field::from_name(&name).map_err(|message| {
-            // Point tag key errors at the key rather than at `tags.`.
-            let offset = if name.to_ascii_lowercase().starts_with("tags.") {
-                5
-            } else {
-                0
-            };
+            // Point tag key and metric name errors at the key or name rather than at the prefix.
+            let lower = name.to_ascii_lowercase();
+            let offset = ["tags.", "metrics."]
+                .into_iter()
+                .find(|prefix| lower.starts_with(prefix))
+                .map_or(0, str::len);
             QueryError::new(field_token.column + offset, message)
         })?;
 
@@ -286,6 +289,21 @@ fn typed_value(field: &Field, op: Op, text: &str) -> Result<Value, String> {
         FieldKind::Connectivity => {
             crate::device::Connectivity::parse(text).map(Value::Connectivity)
         }
+        FieldKind::Number => parse_number(text).map(Value::Number).ok_or_else(|| {
+            format!(
+                "expected a number (such as 3, -100 or 2.5), found '{}'",
+                truncate(text)
+            )
+        }),
+        FieldKind::Score => parse_number(text)
+            .filter(|number| number.is_score())
+            .map(Value::Number)
+            .ok_or_else(|| {
+                format!(
+                    "expected a whole number from 0 to 100, found '{}'",
+                    truncate(text)
+                )
+            }),
         FieldKind::Version => Version::parse(text)
             .map(Value::Version)
             .map_err(|e| e.to_string()),
@@ -294,6 +312,19 @@ fn typed_value(field: &Field, op: Op, text: &str) -> Result<Value, String> {
             .map(Value::Group)
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Parses `["-"] digit+ ["." digit+]`. The grammar is narrower than Rust's float syntax on purpose:
+/// no `inf`, `NaN`, exponents or bare `.5`, so every accepted number reads the same to a person.
+/// `None` also for digits too many to be finite.
+fn parse_number(text: &str) -> Option<Number> {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    let is_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !(is_digits(whole) && is_digits(fraction)) {
+        return None;
+    }
+    text.parse::<f64>().ok().and_then(Number::new)
 }
 
 /// Parses `now`, `now-<duration>`, `now+<duration>` or an RFC 3339 timestamp.
@@ -397,6 +428,7 @@ fn flatten(operands: Vec<Expr>, is_and: bool) -> Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::{MetricName, KNOWN_METRICS};
     use crate::ids::TagKey;
 
     /// Prints a tree with explicit structure, so tests can see precedence that canonical text hides.
@@ -521,6 +553,11 @@ mod tests {
             (r#"tags.word IN ("and", 'Or', "not in")"#, r#"tags.word IN ("and", "Or", "not in")"#),
             ("group not in (Canary, beta-1) AND tags._internal exists", "group NOT IN (Canary, beta-1) AND tags._internal EXISTS"),
             ("firmware !~ '2.*' AND id ~ 'AA:BB:*'", "firmware !~ 2.* AND id ~ AA:BB:*"),
+            ("Battery_V < 3.0 AND metrics.battery_v >= 2.50", "battery_v < 3 AND battery_v >= 2.5"),
+            ("metrics.my_custom_gauge > 5 OR metrics.x1 = '7'", "metrics.my_custom_gauge > 5 OR metrics.x1 = 7"),
+            ("rssi_dbm IN (-100, '-90.5') AND link_score NOT IN (0, 100)", "rssi_dbm IN (-100, -90.5) AND link_score NOT IN (0, 100)"),
+            ("temp_c != -0 AND mem_free_bytes < 1000000000000", "temp_c != 0 AND mem_free_bytes < 1000000000000"),
+            ("NOT (link_score >= 050 OR connectivity = online)", "NOT (link_score >= 50 OR connectivity = online)"),
         ];
         for (text, canonical) in cases {
             let expr = parse_ok(text);
@@ -535,7 +572,6 @@ mod tests {
             ("tags.env =", 11, "expected a value after '=', found end of query"),
             ("created<", 9, "expected a value after '<', found end of query"),
             ("site = a site = b", 10, "expected AND, OR or end of query, found 'site'"),
-            ("a = b c", 1, "unknown field 'a'; known fields are id, device_type (or type), hw_id (or serial), hw_rev, site, region, status, firmware (or version), last_seen, created (or created_at), updated (or updated_at), group, connectivity and tags.<key>"),
             ("site = b c", 10, "expected AND, OR or end of query, found 'c'"),
             ("site = a AND", 13, "expected a field name, NOT or '(', found end of query"),
             ("AND site = a", 1, "expected a field name, NOT or '(', found keyword AND"),
@@ -566,6 +602,19 @@ mod tests {
             ("site = (a)", 8, "expected a value after '=', found '('"),
             ("\"site\" = a", 1, "expected a field name, NOT or '(', found string \"site\""),
             ("site = a ⚠", 10, "unexpected character '⚠'; quote values that contain it, e.g. \"a b\""),
+            ("battery_v < low", 13, "expected a number (such as 3, -100 or 2.5), found 'low'"),
+            ("rssi_dbm IN (-100, - 90)", 20, "expected a number (such as 3, -100 or 2.5), found '-'"),
+            ("temp_c >= 1e3", 11, "expected a number (such as 3, -100 or 2.5), found '1e3'"),
+            ("battery_v =", 12, "expected a value after '=', found end of query"),
+            ("link_score < 0.5", 14, "expected a whole number from 0 to 100, found '0.5'"),
+            ("link_score NOT IN (50, 101)", 24, "expected a whole number from 0 to 100, found '101'"),
+            ("link_score = high", 14, "expected a whole number from 0 to 100, found 'high'"),
+            ("battery_v ~ '3*'", 11, "battery_v does not support '~'; it supports =, !=, <, <=, >, >=, IN and NOT IN"),
+            ("metrics.custom_x EXISTS", 18, "metrics.custom_x does not support EXISTS; it supports =, !=, <, <=, >, >=, IN and NOT IN"),
+            ("link_score", 11, "expected an operator after link_score (=, !=, <, <=, >, >=, IN or NOT IN), found end of query"),
+            ("metrics.Custom_X > 1", 9, "invalid metric name \"Custom_X\": use 1-64 characters from [a-z0-9_], starting with a letter"),
+            ("site = a OR METRICS.9lives > 1", 21, "invalid metric name \"9lives\": use 1-64 characters from [a-z0-9_], starting with a letter"),
+            ("metrics > 1", 1, "'metrics' needs a metric name, e.g. metrics.battery_v"),
         ];
         for (text, column, message) in cases {
             let err = parse(text).expect_err(text);
@@ -573,6 +622,97 @@ mod tests {
                 (err.column, err.message.as_str()),
                 (column, message),
                 "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_list_every_field_and_say_how_to_write_a_custom_metric() {
+        let known_metrics: Vec<&str> = KNOWN_METRICS.iter().map(|known| known.name).collect();
+        let fields = format!(
+            "known fields are id, device_type (or type), hw_id (or serial), hw_rev, site, region, \
+             status, firmware (or version), last_seen, created (or created_at), updated (or \
+             updated_at), group, connectivity, link_score, tags.<key>, metrics.<name> and the \
+             heartbeat metrics {}",
+            known_metrics.join(", ")
+        );
+        assert!(fields.contains("battery_v, "), "{fields}");
+        let cases = [
+            (
+                "my_custom_gauge > 5",
+                1,
+                format!("unknown field 'my_custom_gauge'; {fields}; a custom metric is written metrics.my_custom_gauge"),
+            ),
+            (
+                "site = a AND Colour = red",
+                14,
+                format!("unknown field 'Colour'; {fields}"),
+            ),
+        ];
+        for (text, column, message) in cases {
+            let err = parse(text).expect_err(text);
+            assert_eq!((err.column, err.message), (column, message), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_known_metric_is_a_bare_field_that_prints_bare() {
+        for known in KNOWN_METRICS {
+            let metric = MetricName::parse(known.name).unwrap();
+            let bare = parse_ok(&format!("{} > 1", known.name));
+            let prefixed = parse_ok(&format!("metrics.{} > 1", known.name));
+            let expected = predicate(
+                Field::Metric(metric),
+                Op::Gt,
+                vec![Value::Number(Number::new(1.0).unwrap())],
+            );
+            assert_eq!(bare, expected, "{}", known.name);
+            assert_eq!(prefixed, expected, "{}", known.name);
+            assert_eq!(bare.to_string(), format!("{} > 1", known.name));
+        }
+    }
+
+    #[test]
+    fn numbers_are_optionally_negative_integers_or_decimals() {
+        let number = |text: &str| match parse(&format!("temp_c = {text}")) {
+            Ok(Expr::Predicate(Predicate { values, .. })) => match values.as_slice() {
+                [Value::Number(number)] => Ok(number.get()),
+                other => panic!("{text}: {other:?}"),
+            },
+            Ok(other) => panic!("{text}: {other:?}"),
+            Err(err) => Err(err.message),
+        };
+        let accepted = [
+            ("3", 3.0),
+            ("3.0", 3.0),
+            ("-100", -100.0),
+            ("0.25", 0.25),
+            ("007", 7.0),
+            ("-0", 0.0),
+            ("'2.5'", 2.5),
+        ];
+        for (text, value) in accepted {
+            assert_eq!(number(text), Ok(value), "{text}");
+        }
+        let huge = format!("1{}", "0".repeat(400));
+        for text in [
+            "1e3",
+            ".5",
+            "3.",
+            "+3",
+            "inf",
+            "NaN",
+            "--1",
+            "1.2.3",
+            "0x10",
+            "''",
+            "1_000",
+            huge.as_str(),
+        ] {
+            let message = number(text).expect_err(text);
+            assert!(
+                message.starts_with("expected a number (such as 3, -100 or 2.5), found '"),
+                "{text}: {message}"
             );
         }
     }

@@ -7,8 +7,11 @@
 //! devices d: seq, id, device_type, status, hw_id, hw_rev, site, region  -- TEXT NOT NULL, '' = missing
 //!            firmware TEXT ('' = missing), fw_key BLOB/bytea (Version::sort_key, empty = missing)
 //!            created_at, updated_at BIGINT ms; last_seen BIGINT ms NOT NULL, 0 = never seen
+//!            connectivity TEXT NOT NULL; link_score INTEGER NOT NULL 0-100, -1 = none yet
 //! device_tags(device_seq, key, value)      -- one row per tag
 //! group_members(group_name, device_seq)    -- static group membership
+//! device_health(device_seq, metrics, …)    -- latest heartbeat; metrics TEXT, a JSON object
+//!                                          -- of name -> number; no row before the first
 //! ```
 //!
 //! Every value from the query is a bound parameter; user text never reaches the SQL string. Because
@@ -18,8 +21,13 @@
 //! unguarded so they stay simple index lookups. Firmware ordering uses the byte-sortable
 //! [`Version::sort_key`](crate::version::Version::sort_key), so the database compares versions
 //! semantically with a plain `memcmp` on BLOB/bytea.
+//!
+//! A metric predicate is an `EXISTS` over the device's `device_health` row that extracts the metric
+//! from the JSON (SQLite's `json_extract`, PostgreSQL's `->>`): no row, or no such key, makes the
+//! extracted value NULL and the `EXISTS` false, never NULL, so `NOT` still turns it true.
 
-use crate::query::ast::{Expr, Field, Op, Predicate, Value};
+use crate::health::MetricName;
+use crate::query::ast::{Expr, Field, Number, Op, Predicate, Value};
 use crate::query::eval::glob_match;
 use crate::time::Timestamp;
 
@@ -40,7 +48,7 @@ pub enum Dialect {
 /// `(key, value)`) and start from whichever side is smaller. Each join matches at most one row per
 /// device (one row per device and tag key; one per device and group), so joins never duplicate
 /// devices. Tests under `OR` or `NOT` stay subqueries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SqlFragment {
     /// Zero or more ` JOIN … ON …` clauses (each starting with a space).
     pub joins: String,
@@ -49,13 +57,14 @@ pub struct SqlFragment {
     pub params: Vec<SqlParam>,
 }
 
-/// A value bound to a placeholder. Callers bind `Text` as text, `Int` as a 64-bit integer and
-/// `Bytes` as BLOB/bytea.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A value bound to a placeholder. Callers bind `Text` as text, `Int` as a 64-bit integer, `Bytes`
+/// as BLOB/bytea and `Float` as a double (REAL/double precision); a `Float` is always finite.
+#[derive(Debug, Clone, PartialEq)]
 pub enum SqlParam {
     Text(String),
     Int(i64),
     Bytes(Vec<u8>),
+    Float(f64),
 }
 
 /// Compiles `expr` with relative times resolved against `now` and placeholders numbered from
@@ -233,6 +242,8 @@ impl Compiler {
             Field::LastSeen => self.time_column("d.last_seen", true, predicate),
             Field::Created => self.time_column("d.created_at", false, predicate),
             Field::Updated => self.time_column("d.updated_at", false, predicate),
+            Field::LinkScore => self.link_score(predicate),
+            Field::Metric(name) => self.metric(name, predicate),
             Field::Group => {
                 // Membership is never missing, so `!=` and `NOT IN` are plain complements.
                 let cond = match predicate.op {
@@ -388,6 +399,74 @@ impl Compiler {
         )
     }
 
+    /// `d.link_score`, which is -1 before the first heartbeat. Query values are 0–100, so only
+    /// operators that hold for a smaller or merely different value need the presence guard.
+    fn link_score(&mut self, predicate: &Predicate) -> Sql {
+        // The integer column is compared with integers, so PostgreSQL infers the placeholders as
+        // the column's own type (smallint) and the values bind without conversion.
+        let cond = self.number_condition("d.link_score", predicate, |number| {
+            SqlParam::Int(number.get() as i64)
+        });
+        let needs_guard = matches!(predicate.op, Op::Ne | Op::Lt | Op::Le | Op::NotIn);
+        Sql::guarded("d.link_score >= 0".to_owned(), cond, needs_guard)
+    }
+
+    /// One metric of the latest heartbeat, extracted from the JSON in `device_health.metrics`. The
+    /// metric name is a parameter like every other value, and missing values need no guard: a
+    /// device without a row, or a row without the key, yields NULL, which no comparison accepts.
+    fn metric(&mut self, name: &MetricName, predicate: &Predicate) -> Sql {
+        let reading = match self.dialect {
+            Dialect::Sqlite => {
+                // Quoting the key keeps the path a single label whatever the name holds.
+                let path = self.bind(SqlParam::Text(format!("$.\"{name}\"")));
+                format!("json_extract(h.metrics, {path})")
+            }
+            Dialect::Postgres => {
+                let key = self.bind(SqlParam::Text(name.as_str().to_owned()));
+                format!("(h.metrics::jsonb ->> {key})::double precision")
+            }
+        };
+        let cond =
+            self.number_condition(&reading, predicate, |number| SqlParam::Float(number.get()));
+        Sql::atom(format!(
+            "EXISTS (SELECT 1 FROM device_health h WHERE h.device_seq = d.seq AND {cond})"
+        ))
+    }
+
+    /// The comparison of a numeric SQL expression with the predicate's values, each bound as
+    /// `param` makes it, without any guard.
+    fn number_condition(
+        &mut self,
+        expr: &str,
+        predicate: &Predicate,
+        param: fn(Number) -> SqlParam,
+    ) -> String {
+        let placeholders: Vec<String> = predicate
+            .values
+            .iter()
+            .filter_map(|value| match value {
+                Value::Number(number) => Some(self.bind(param(*number))),
+                _ => None,
+            })
+            .collect();
+        match predicate.op {
+            Op::In => format!("{expr} IN ({})", placeholders.join(", ")),
+            Op::NotIn => format!("{expr} NOT IN ({})", placeholders.join(", ")),
+            op => {
+                let operator = match op {
+                    Op::Ne => "<>",
+                    Op::Lt => "<",
+                    Op::Le => "<=",
+                    Op::Gt => ">",
+                    Op::Ge => ">=",
+                    _ => "=",
+                };
+                // A comparison has exactly one value.
+                format!("{expr} {operator} {}", placeholders.concat())
+            }
+        }
+    }
+
     /// Binds a query value as the parameter type its column needs: text for text and names, the sort
     /// key for versions, milliseconds for times (resolved against `now`). Only hand-built,
     /// ill-formed predicates could lack the value, and those never get here.
@@ -399,6 +478,7 @@ impl Compiler {
             Some(Value::Time(time)) => SqlParam::Int(time.resolve(self.now).as_millis()),
             Some(Value::Group(group)) => SqlParam::Text(group.as_str().to_owned()),
             Some(Value::Connectivity(c)) => SqlParam::Text(c.as_str().to_owned()),
+            Some(Value::Number(number)) => SqlParam::Float(number.get()),
             None => SqlParam::Text(String::new()),
         };
         self.bind(param)
@@ -463,6 +543,10 @@ mod tests {
         SqlParam::Bytes(Version::parse(version).unwrap().sort_key())
     }
 
+    fn float(value: f64) -> SqlParam {
+        SqlParam::Float(value)
+    }
+
     fn empty_key() -> SqlParam {
         SqlParam::Bytes(Vec::new())
     }
@@ -495,6 +579,8 @@ mod tests {
         use Dialect::{Postgres, Sqlite};
         let tag_subquery = "d.seq IN (SELECT t.device_seq FROM device_tags t WHERE t.key = ";
         let group_subquery = "IN (SELECT g.device_seq FROM group_members g WHERE g.group_name";
+        let health_subquery =
+            "EXISTS (SELECT 1 FROM device_health h WHERE h.device_seq = d.seq AND ";
         let cases: Vec<(&str, Dialect, String, Vec<SqlParam>)> = vec![
             ("", Sqlite, "1=1".into(), vec![]),
             (
@@ -731,6 +817,104 @@ mod tests {
                 vec![text("a"), text("b")],
             ),
             (
+                "connectivity IN (online, degraded)",
+                Postgres,
+                "d.connectivity IN ($1, $2)".into(),
+                vec![text("online"), text("degraded")],
+            ),
+            (
+                "battery_v < 3.0",
+                Sqlite,
+                format!("{health_subquery}json_extract(h.metrics, ?1) < ?2)"),
+                vec![text(r#"$."battery_v""#), float(3.0)],
+            ),
+            (
+                "battery_v < 3.0",
+                Postgres,
+                format!("{health_subquery}(h.metrics::jsonb ->> $1)::double precision < $2)"),
+                vec![text("battery_v"), float(3.0)],
+            ),
+            (
+                "rssi_dbm != -100",
+                Sqlite,
+                format!("{health_subquery}json_extract(h.metrics, ?1) <> ?2)"),
+                vec![text(r#"$."rssi_dbm""#), float(-100.0)],
+            ),
+            (
+                "metrics.custom_x >= 2.5",
+                Postgres,
+                format!("{health_subquery}(h.metrics::jsonb ->> $1)::double precision >= $2)"),
+                vec![text("custom_x"), float(2.5)],
+            ),
+            (
+                "metrics.custom_x IN (1, 2.5)",
+                Sqlite,
+                format!("{health_subquery}json_extract(h.metrics, ?1) IN (?2, ?3))"),
+                vec![text(r#"$."custom_x""#), float(1.0), float(2.5)],
+            ),
+            (
+                "temp_c NOT IN (-5)",
+                Postgres,
+                format!(
+                    "{health_subquery}(h.metrics::jsonb ->> $1)::double precision NOT IN ($2))"
+                ),
+                vec![text("temp_c"), float(-5.0)],
+            ),
+            (
+                "NOT battery_v <= 3",
+                Sqlite,
+                format!("(NOT ({health_subquery}json_extract(h.metrics, ?1) <= ?2)))"),
+                vec![text(r#"$."battery_v""#), float(3.0)],
+            ),
+            (
+                "link_score = 48",
+                Sqlite,
+                "d.link_score = ?1".into(),
+                vec![SqlParam::Int(48)],
+            ),
+            (
+                "link_score > 50",
+                Postgres,
+                "d.link_score > $1".into(),
+                vec![SqlParam::Int(50)],
+            ),
+            (
+                "link_score >= 0",
+                Sqlite,
+                "d.link_score >= ?1".into(),
+                vec![SqlParam::Int(0)],
+            ),
+            (
+                "link_score IN (0, 100)",
+                Postgres,
+                "d.link_score IN ($1, $2)".into(),
+                vec![SqlParam::Int(0), SqlParam::Int(100)],
+            ),
+            (
+                "link_score < 50",
+                Sqlite,
+                "(d.link_score >= 0 AND d.link_score < ?1)".into(),
+                vec![SqlParam::Int(50)],
+            ),
+            (
+                "link_score <= 10",
+                Postgres,
+                "(d.link_score >= 0 AND d.link_score <= $1)".into(),
+                vec![SqlParam::Int(10)],
+            ),
+            (
+                "link_score != 100",
+                Sqlite,
+                "(d.link_score >= 0 AND d.link_score <> ?1)".into(),
+                vec![SqlParam::Int(100)],
+            ),
+            (
+                "link_score NOT IN (0)",
+                Postgres,
+                "(d.link_score >= 0 AND d.link_score NOT IN ($1))".into(),
+                vec![SqlParam::Int(0)],
+            ),
+            (
                 "NOT site = x",
                 Sqlite,
                 "(NOT (d.site = ?1))".into(),
@@ -826,6 +1010,67 @@ mod tests {
             "{}",
             nested.sql
         );
+    }
+
+    #[test]
+    fn metric_predicates_number_their_placeholders_after_the_joins() {
+        let query = "tags.env = prod AND battery_v < 3.0 AND link_score < 50";
+        let sqlite = compile(query, Dialect::Sqlite);
+        assert_eq!(
+            sqlite.sql,
+            "(EXISTS (SELECT 1 FROM device_health h WHERE h.device_seq = d.seq \
+             AND json_extract(h.metrics, ?3) < ?4) AND (d.link_score >= 0 AND d.link_score < ?5))"
+        );
+        assert_eq!(
+            sqlite.params,
+            vec![
+                text("env"),
+                text("prod"),
+                text(r#"$."battery_v""#),
+                float(3.0),
+                SqlParam::Int(50)
+            ]
+        );
+        let postgres = compile(query, Dialect::Postgres);
+        assert_eq!(
+            postgres.sql,
+            "(EXISTS (SELECT 1 FROM device_health h WHERE h.device_seq = d.seq \
+             AND (h.metrics::jsonb ->> $3)::double precision < $4) \
+             AND (d.link_score >= 0 AND d.link_score < $5))"
+        );
+        assert_eq!(postgres.params[2], text("battery_v"));
+    }
+
+    #[test]
+    fn ill_formed_numeric_predicates_compile_to_false() {
+        // The parser rejects these; hand-built trees must still agree with evaluation.
+        let number = |value: f64| Value::Number(Number::new(value).unwrap());
+        let cases = [
+            Predicate {
+                field: Field::LinkScore,
+                op: Op::Lt,
+                values: vec![number(50.5)],
+            },
+            Predicate {
+                field: Field::LinkScore,
+                op: Op::Gt,
+                values: vec![number(-1.0)],
+            },
+            Predicate {
+                field: Field::Metric(crate::health::MetricName::parse("battery_v").unwrap()),
+                op: Op::Glob,
+                values: vec![Value::Text("3*".into())],
+            },
+        ];
+        for predicate in cases {
+            let expr = Expr::Predicate(predicate);
+            let fragment = super::compile(&expr, Dialect::Sqlite, NOW, 1);
+            assert_eq!(
+                (fragment.sql.as_str(), fragment.params.len()),
+                (NEVER, 0),
+                "{expr}"
+            );
+        }
     }
 
     #[test]

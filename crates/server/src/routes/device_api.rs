@@ -76,7 +76,8 @@ pub async fn heartbeat(
     DeviceAuth(device): DeviceAuth,
     ApiJson(heartbeat): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    ingest(&state, device.id, vec![heartbeat]).await
+    let accepted = ingest(&state, device.id, vec![heartbeat]).await?;
+    Ok(Json(HeartbeatAck { accepted }))
 }
 
 /// Stores several heartbeats (for example flushed after an outage), all or none.
@@ -89,21 +90,23 @@ pub async fn heartbeats(
     DeviceAuth(device): DeviceAuth,
     ApiJson(batch): ApiJson<HeartbeatBatch>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    if batch.heartbeats.is_empty() || batch.heartbeats.len() > MAX_HEARTBEAT_BATCH {
-        return Err(ApiError::unprocessable(format!(
-            "a batch holds 1 to {MAX_HEARTBEAT_BATCH} heartbeats, not {}",
-            batch.heartbeats.len()
-        )));
-    }
-    ingest(&state, device.id, batch.heartbeats).await
+    let accepted = ingest(&state, device.id, batch.heartbeats).await?;
+    Ok(Json(HeartbeatAck { accepted }))
 }
 
-/// Validates every heartbeat (all or none), then waits for the group commit.
-async fn ingest(
+/// Validates every heartbeat (all or none) and the batch size, then waits for the group commit;
+/// returns how many were stored. Shared by the HTTP and MQTT device APIs.
+pub(crate) async fn ingest(
     state: &AppState,
     device: drover_core::DeviceId,
     heartbeats: Vec<Heartbeat>,
-) -> Result<Json<HeartbeatAck>, ApiError> {
+) -> Result<u64, ApiError> {
+    if heartbeats.is_empty() || heartbeats.len() > MAX_HEARTBEAT_BATCH {
+        return Err(ApiError::unprocessable(format!(
+            "a batch holds 1 to {MAX_HEARTBEAT_BATCH} heartbeats, not {}",
+            heartbeats.len()
+        )));
+    }
     let received_at = now();
     let limits = HeartbeatLimits::default();
     for (idx, heartbeat) in heartbeats.iter().enumerate() {
@@ -125,7 +128,7 @@ async fn ingest(
         })
         .collect();
     match state.ingest.submit(records).await {
-        Ok(accepted) => Ok(Json(HeartbeatAck { accepted })),
+        Ok(accepted) => Ok(accepted),
         Err(IngestError::Overloaded) => Err(ApiError::busy(IngestError::Overloaded.to_string(), 2)),
         Err(IngestError::Stopped) => Err(ApiError::busy(IngestError::Stopped.to_string(), 5)),
         Err(IngestError::Store(e)) => Err(e.into()),

@@ -268,26 +268,31 @@ async fn read(
     Ok(Json(document.to_json()))
 }
 
-/// Stores an update and wakes whoever waits on the shadow if it changed.
-async fn write(
+/// Stores an update and wakes whoever waits on the shadow if it changed; a changed desired state
+/// is also announced for MQTT delta publishing.
+pub(crate) async fn write(
     state: &AppState,
     actor: &Actor,
     id: &DeviceId,
     name: Option<&ShadowName>,
     update: ShadowUpdate,
 ) -> Result<(UpdateOutcome, ShadowDocument), ApiError> {
+    let desired = update.desired.is_some();
     let (outcome, document) = state
         .store
         .update_shadow(actor, id, name, update, now(), limits())
         .await?;
     if outcome.changed() {
         state.shadows.publish(id, name, outcome.version);
+        if desired {
+            state.shadows.desired_changed(id, name, outcome.version);
+        }
     }
     Ok((outcome, document))
 }
 
 /// `?name=`: absent or empty is the classic shadow, so `?name=$NAME` works for both in scripts.
-fn shadow_name(text: Option<&str>) -> Result<Option<ShadowName>, ApiError> {
+pub(crate) fn shadow_name(text: Option<&str>) -> Result<Option<ShadowName>, ApiError> {
     match text {
         None | Some("") => Ok(None),
         Some(text) => parse_id(text, ShadowName::parse).map(Some),
@@ -313,7 +318,7 @@ fn parse_update(body: Result<ApiJson<Value>, ApiError>) -> Result<ShadowUpdate, 
     Ok(ShadowUpdate::from_json(body)?)
 }
 
-fn no_shadow(id: &DeviceId, name: Option<&ShadowName>) -> ApiError {
+pub(crate) fn no_shadow(id: &DeviceId, name: Option<&ShadowName>) -> ApiError {
     match name {
         None => ApiError::not_found(format!("device {id} has no classic shadow")),
         Some(name) => ApiError::not_found(format!("device {id} has no shadow named \"{name}\"")),

@@ -17,6 +17,8 @@ pub enum Backend {
 /// A running server and an HTTP client with the admin token.
 pub struct TestApp {
     pub base: String,
+    /// The embedded MQTT broker's address, when it runs.
+    pub mqtt_addr: Option<std::net::SocketAddr>,
     pub http: reqwest::Client,
     server: Option<RunningServer>,
     db: Option<TestDb>,
@@ -31,6 +33,8 @@ pub struct AppOptions {
     pub max_import_bytes: Option<usize>,
     /// How often the offline detector runs (the server default when absent).
     pub offline_check: Option<std::time::Duration>,
+    /// The MQTT device API; the embedded broker on a free port when absent.
+    pub mqtt: Option<drover_server::mqtt::MqttConfig>,
 }
 
 /// Starts a server on a fresh store, or returns `None` when the backend is not configured.
@@ -55,11 +59,17 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     if let Some(every) = options.offline_check {
         config.offline_check = every;
     }
+    config.mqtt = options
+        .mqtt
+        .unwrap_or(drover_server::mqtt::MqttConfig::Embedded {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        });
     let server = drover_server::start(config, std::future::pending())
         .await
         .expect("server starts");
     Some(TestApp {
         base: format!("http://{}", server.addr),
+        mqtt_addr: server.mqtt_addr,
         http: reqwest::Client::new(),
         server: Some(server),
         db: Some(db),

@@ -8,6 +8,8 @@ mod bad_input;
 mod devices;
 mod groups;
 mod health;
+mod mqtt;
+mod mqtt_external;
 mod ops;
 mod provisioning;
 mod shadow;

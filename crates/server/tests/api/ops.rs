@@ -60,6 +60,9 @@ async fn a_taken_port_fails_before_the_first_admin_token_is_created() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut config = drover_server::ServerConfig::with_data_dir(&dir.path);
     config.listen = holder.local_addr().unwrap();
+    config.mqtt = drover_server::mqtt::MqttConfig::Embedded {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
     let err = drover_server::start(config.clone(), std::future::pending())
         .await
         .err()

@@ -450,9 +450,16 @@ pub async fn device_groups<D: Db>(
     let mut groups = static_groups.clone();
     // Dynamic groups are few and their queries cheap to evaluate in memory against one device.
     let sql = format!("SELECT {GROUP_COLS} FROM groups WHERE kind = 'dynamic' ORDER BY name");
+    // The latest metrics, read once and only if some group's query tests them.
+    let mut metrics: Option<Option<std::collections::BTreeMap<String, f64>>> = None;
     for row in db.query(&sql, &[]).await? {
         let group = group_from_row(&row)?;
-        if query_of(&group)?.matches(&device, &static_groups, now) {
+        let query = query_of(&group)?;
+        if query.uses_metrics() && metrics.is_none() {
+            metrics = Some(crate::ops::health::latest(db, id).await?.map(|h| h.metrics));
+        }
+        let latest = metrics.as_ref().and_then(Option::as_ref);
+        if query.matches_with_metrics(&device, &static_groups, latest, now) {
             groups.push(group.name);
         }
     }

@@ -68,6 +68,7 @@ mod devices;
 mod groups;
 mod health;
 mod listing;
+mod metric_queries;
 mod provisioning;
 mod query_agreement;
 mod shadow;

@@ -1,0 +1,194 @@
+//! What the server does with a message a device published, whichever MQTT transport carried it
+//! (the embedded broker or an external one): the same validation, store calls and error codes as
+//! the HTTP device API, answered with messages on the device's own topics.
+
+use drover_core::shadow::{ShadowName, ShadowUpdate};
+use drover_core::DeviceId;
+use drover_proto::device_api::{Heartbeat, HeartbeatBatch};
+use drover_proto::error::ErrorDetail;
+use drover_proto::mqtt::{self, Inbound, Rejection};
+use drover_store::Actor;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::routes::{device_api, shadow};
+use crate::AppState;
+
+/// A message for a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Handles device messages; cheap to clone.
+#[derive(Clone)]
+pub struct DeviceMessages {
+    state: AppState,
+}
+
+impl DeviceMessages {
+    pub fn new(state: AppState) -> DeviceMessages {
+        DeviceMessages { state }
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Handles `payload` published by `device` on `drover/{device}/{rest}`; returns the answers to
+    /// publish (none for an accepted heartbeat). Every rejection is counted.
+    pub async fn handle(&self, device: &DeviceId, rest: &str, payload: &[u8]) -> Vec<Outgoing> {
+        let inbound = match Inbound::parse(rest) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                let error = ApiError::bad_request(e.to_string());
+                return vec![self.reject(mqtt::rejected(device), error, None)];
+            }
+        };
+        match inbound {
+            Inbound::Heartbeat => match self.heartbeat(device, payload).await {
+                Ok(_) => vec![],
+                Err(error) => vec![self.reject(mqtt::heartbeat_rejected(device), error, None)],
+            },
+            Inbound::ShadowGet(name) => {
+                let token = client_token(payload);
+                match self.shadow_get(device, name.as_ref()).await {
+                    Ok(document) => vec![json(
+                        mqtt::shadow_get_result(device, name.as_ref(), true),
+                        &document,
+                    )],
+                    Err(error) => {
+                        let topic = mqtt::shadow_get_result(device, name.as_ref(), false);
+                        vec![self.reject(topic, error, token)]
+                    }
+                }
+            }
+            Inbound::ShadowUpdate(name) => {
+                let token = client_token(payload);
+                match self.shadow_update(device, name.as_ref(), payload).await {
+                    Ok(accepted) => {
+                        vec![json(
+                            mqtt::shadow_update_result(device, name.as_ref(), true),
+                            &accepted,
+                        )]
+                    }
+                    Err(error) => {
+                        let topic = mqtt::shadow_update_result(device, name.as_ref(), false);
+                        vec![self.reject(topic, error, token)]
+                    }
+                }
+            }
+        }
+    }
+
+    /// A rejection on `topic`, counted by code.
+    pub fn reject(&self, topic: String, error: ApiError, client_token: Option<String>) -> Outgoing {
+        self.state.metrics.rejected("mqtt", error.code);
+        // MQTT has no Retry-After header: the delay goes into the details.
+        let details = match (error.details, error.retry_after_secs) {
+            (None, Some(secs)) => Some(serde_json::json!({ "retry_after_secs": secs })),
+            (Some(Value::Object(mut map)), Some(secs)) => {
+                map.insert("retry_after_secs".into(), secs.into());
+                Some(Value::Object(map))
+            }
+            (details, _) => details,
+        };
+        let body = Rejection {
+            error: ErrorDetail {
+                code: error.code.to_owned(),
+                message: error.message,
+                details,
+            },
+            client_token,
+        };
+        json(topic, &body)
+    }
+
+    async fn heartbeat(&self, device: &DeviceId, payload: &[u8]) -> Result<u64, ApiError> {
+        if payload.len() > self.state.config.max_body_bytes {
+            return Err(too_large(payload.len(), self.state.config.max_body_bytes));
+        }
+        let value: Value = parse_json(payload)?;
+        let heartbeats = if value.get("heartbeats").is_some() {
+            serde_json::from_value::<HeartbeatBatch>(value)
+                .map_err(invalid)?
+                .heartbeats
+        } else {
+            vec![serde_json::from_value::<Heartbeat>(value).map_err(invalid)?]
+        };
+        device_api::ingest(&self.state, device.clone(), heartbeats).await
+    }
+
+    async fn shadow_get(
+        &self,
+        device: &DeviceId,
+        name: Option<&ShadowName>,
+    ) -> Result<Value, ApiError> {
+        let document = self
+            .state
+            .store
+            .get_shadow(device, name)
+            .await?
+            .ok_or_else(|| shadow::no_shadow(device, name))?;
+        Ok(document.to_json())
+    }
+
+    async fn shadow_update(
+        &self,
+        device: &DeviceId,
+        name: Option<&ShadowName>,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        let max = shadow::max_update_bytes();
+        if payload.len() > max {
+            return Err(too_large(payload.len(), max));
+        }
+        let update = ShadowUpdate::from_json(parse_json(payload)?)?;
+        if update.desired.is_some() {
+            return Err(ApiError::unprocessable(
+                "a device may update only state.reported; desired state is set by operators",
+            ));
+        }
+        let actor = Actor::device(device.as_str());
+        let (outcome, _) = shadow::write(&self.state, &actor, device, name, update).await?;
+        Ok(outcome.accepted_json())
+    }
+}
+
+fn json(topic: String, body: &impl serde::Serialize) -> Outgoing {
+    Outgoing {
+        topic,
+        // Serialising our own types to a Vec cannot fail.
+        payload: serde_json::to_vec(body).unwrap_or_default(),
+    }
+}
+
+fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("payload is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn invalid(e: serde_json::Error) -> ApiError {
+    ApiError::unprocessable(format!("invalid payload: {e}"))
+}
+
+fn too_large(len: usize, max: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("payload of {len} bytes exceeds the limit of {max} bytes"),
+    )
+}
+
+/// The `clientToken` of a request, to echo in its rejection (best effort: the payload may be bad).
+fn client_token(payload: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    let token = value.get("clientToken")?.as_str()?;
+    (token.len() <= 64).then(|| token.to_owned())
+}
