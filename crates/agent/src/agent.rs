@@ -1,31 +1,45 @@
 //! The agent's loop: the one place with clocks, sleeps, signals and network calls. It obtains a
-//! credential (from the state directory, or by provisioning), then carries out the
-//! [`Scheduler`]'s actions until SIGINT / SIGTERM or until the server revokes the credential.
+//! credential (from the state directory, or by provisioning over HTTP), starts the shadow thread
+//! and, for MQTT, the link, then carries out the [`Scheduler`]'s actions until SIGINT / SIGTERM
+//! or until the server revokes the credential.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use drover_core::health::MetricName;
 use drover_core::{DeviceId, Timestamp};
 use drover_proto::device_api::{Heartbeat, ProvisionRequest};
 
 use crate::backoff::Backoff;
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Config, TransportKind};
+use crate::hook::ConfigHook;
 use crate::http::HttpTransport;
-use crate::metrics::Collector;
+use crate::metrics::{Collector, RSS_METRIC};
+use crate::mqtt::Link;
 use crate::random::{self, Rng};
 use crate::scheduler::{Action, Event, Failure, ScheduleOptions, Scheduler};
+use crate::shadow_thread::{ShadowThread, ShadowWorker};
 use crate::state::{State, StateStore};
-use crate::transport::{Credential, Provisioned, Transport, TransportError};
+use crate::transport::{
+    Credential, Provisioned, Provisioning, ShadowTransport, Transport, TransportError,
+};
 
 /// Exit status when the configuration is unusable.
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit status when the server refused the device's credential: restarting will not help.
 pub const EXIT_REVOKED: u8 = 3;
+
+/// How often the agent logs its counters and resident memory.
+pub const STATS_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long a stopping agent waits for a config hook that is still running.
+const SHADOW_GRACE: Duration = Duration::from_secs(5);
 
 /// The server refused the stored credential: the device was revoked or deleted.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +67,27 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Failed sends (unreachable or busy server).
     pub send_failures: AtomicU64,
+    /// Shadow deltas the config hook applied (without a hook: accepted as applied).
+    pub config_applied: AtomicU64,
+    /// Shadow deltas the config hook failed to apply.
+    pub config_failed: AtomicU64,
+    /// MQTT connections established: the first and every reconnect.
+    pub mqtt_connects: AtomicU64,
+    /// Messages the server rejected on `drover/{id}/rejected` (a topic it does not handle).
+    pub rejected_messages: AtomicU64,
+    /// The agent's own resident memory at the last reading, in bytes.
+    pub rss_bytes: AtomicU64,
+}
+
+/// What wakes the heartbeat loop besides its timer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// SIGINT / SIGTERM, or the caller's shutdown channel.
+    Shutdown,
+    /// The MQTT link (re)connected: buffered heartbeats may go at once.
+    Connected,
+    /// This many heartbeats were refused by the server after the broker had acknowledged them.
+    Refused(u64),
 }
 
 impl Stats {
@@ -70,7 +105,7 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (tx, shutdown) = std::sync::mpsc::channel();
+    let (tx, signals_rx) = mpsc::channel();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -81,13 +116,14 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let signal = tx.clone();
     std::thread::spawn(move || {
-        for signal in signals.forever() {
-            info!("received signal {signal}, shutting down");
-            let _ = tx.send(());
+        for number in signals.forever() {
+            info!("received signal {number}, shutting down");
+            let _ = signal.send(Signal::Shutdown);
         }
     });
-    match Agent::new(config).run(shutdown) {
+    match Agent::new(config).run_with_signals(tx, signals_rx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("drover-agent: error: {e:#}");
@@ -119,23 +155,90 @@ impl Agent {
         self.stats.clone()
     }
 
-    /// Runs over HTTP until `shutdown` receives a message or its sender is dropped (`Ok`), or
-    /// until the credential is refused ([`Revoked`]) or provisioning fails for good (`Err`).
+    /// Runs until `shutdown` receives a message or its sender is dropped (`Ok`), or until the
+    /// credential is refused ([`Revoked`]) or provisioning fails for good (`Err`). Provisioning
+    /// uses HTTP; heartbeats and the shadow use the configured transport.
     pub fn run(self, shutdown: Receiver<()>) -> anyhow::Result<()> {
-        let transport = HttpTransport::new(&self.config.server_url, self.config.request_timeout);
-        self.run_with(transport, shutdown)
+        let (signal, signals) = mpsc::channel();
+        forward_shutdown(shutdown, signal.clone());
+        self.run_with_signals(signal, signals)
     }
 
-    /// [`Agent::run`] over any transport.
-    pub fn run_with(
+    /// [`Agent::run`], stopped by [`Signal::Shutdown`] on `signals`; `signal` is a sender of that
+    /// same channel, for the MQTT link's signals.
+    pub fn run_with_signals(
         self,
-        mut transport: impl Transport,
-        shutdown: Receiver<()>,
+        signal: Sender<Signal>,
+        signals: Receiver<Signal>,
     ) -> anyhow::Result<()> {
-        let store = StateStore::new(&self.config.state_dir);
-        let state = store.load()?;
+        let config = &self.config;
+        let mut http = HttpTransport::new(&config.server_url, config.request_timeout);
+        let store = StateStore::new(&config.state_dir);
         let mut rng = Rng::from_entropy();
-        let (device_id, credential) = match (state.device_id.clone(), state.credential()) {
+        let Some((device_id, credential)) = self.identity(&mut http, &store, &signals, &mut rng)?
+        else {
+            return Ok(());
+        };
+        match &config.transport {
+            TransportKind::Http => {
+                let shadow_http = HttpTransport::new(&config.server_url, config.request_timeout);
+                let shadow = self.start_shadow(&device_id, &credential, shadow_http, &mut rng);
+                let result =
+                    self.heartbeat_loop(&mut http, &store, device_id, credential, &signals, rng);
+                if let Some(mut shadow) = shadow {
+                    shadow.request_stop();
+                    shadow.join(SHADOW_GRACE);
+                }
+                result
+            }
+            TransportKind::Mqtt(address) => {
+                info!("device {device_id}: heartbeats and the shadow go over MQTT to {address}");
+                let link_rng = Rng::seeded(rng.next_u64());
+                let link = Link::start(
+                    address,
+                    &device_id,
+                    &credential,
+                    self.stats.clone(),
+                    signal,
+                    link_rng,
+                );
+                let shadow_mqtt = link.shadow(config.request_timeout);
+                let shadow = self.start_shadow(&device_id, &credential, shadow_mqtt, &mut rng);
+                let mut heartbeats = link.heartbeats(http, config.request_timeout);
+                let result = self.heartbeat_loop(
+                    &mut heartbeats,
+                    &store,
+                    device_id,
+                    credential,
+                    &signals,
+                    rng,
+                );
+                // The shadow thread is told first, so the closing link does not look like an
+                // outage to it.
+                let shadow = shadow.map(|mut shadow| {
+                    shadow.request_stop();
+                    shadow
+                });
+                link.stop();
+                if let Some(shadow) = shadow {
+                    shadow.join(SHADOW_GRACE);
+                }
+                result
+            }
+        }
+    }
+
+    /// The stored credential, or a new one from provisioning; `None` when asked to shut down
+    /// while waiting for it.
+    fn identity(
+        &self,
+        http: &mut impl Provisioning,
+        store: &StateStore,
+        signals: &Receiver<Signal>,
+        rng: &mut Rng,
+    ) -> anyhow::Result<Option<(DeviceId, Credential)>> {
+        let state = store.load()?;
+        match (state.device_id.clone(), state.credential()) {
             (Some(device_id), Some(credential)) => {
                 info!(
                     "device {device_id}: using the credential in {}",
@@ -148,30 +251,49 @@ impl Agent {
                         self.config.server_url
                     );
                 }
-                (device_id, credential)
+                Ok(Some((device_id, credential)))
             }
-            _ => match self.provision(&mut transport, &store, state, &shutdown, &mut rng)? {
-                Some(identity) => identity,
-                None => return Ok(()),
-            },
-        };
-        self.heartbeat_loop(
-            &mut transport,
-            &store,
-            device_id,
-            credential,
-            &shutdown,
-            rng,
-        )
+            _ => self.provision(http, store, state, signals, rng),
+        }
+    }
+
+    /// Starts the shadow thread over `transport`, unless shadow sync is off.
+    fn start_shadow(
+        &self,
+        device_id: &DeviceId,
+        credential: &Credential,
+        transport: impl ShadowTransport + Send + 'static,
+        rng: &mut Rng,
+    ) -> Option<ShadowThread> {
+        if !self.config.shadow_sync {
+            return None;
+        }
+        let hook = ConfigHook::new(
+            self.config.config_hook.clone(),
+            self.config.config_hook_timeout,
+        );
+        if self.config.config_hook.is_none() {
+            info!("no config_hook: desired shadow state is reported as applied");
+        }
+        let (stop, stopped) = mpsc::channel();
+        let worker = ShadowWorker::new(
+            device_id.clone(),
+            credential.clone(),
+            hook,
+            self.stats.clone(),
+            Rng::seeded(rng.next_u64()),
+            stopped,
+        );
+        Some(ShadowThread::spawn(worker, transport, stop))
     }
 
     /// Obtains a credential; `None` when asked to shut down while waiting.
     fn provision(
         &self,
-        transport: &mut impl Transport,
+        transport: &mut impl Provisioning,
         store: &StateStore,
         mut state: State,
-        shutdown: &Receiver<()>,
+        signals: &Receiver<Signal>,
         rng: &mut Rng,
     ) -> anyhow::Result<Option<(DeviceId, Credential)>> {
         let config = &self.config;
@@ -255,7 +377,7 @@ impl Agent {
                     );
                 }
             };
-            if wait(shutdown, delay) {
+            if wait_signal(signals, delay) == Some(Signal::Shutdown) {
                 return Ok(None);
             }
         }
@@ -267,7 +389,7 @@ impl Agent {
         store: &StateStore,
         device_id: DeviceId,
         credential: Credential,
-        shutdown: &Receiver<()>,
+        signals: &Receiver<Signal>,
         rng: Rng,
     ) -> anyhow::Result<()> {
         let config = &self.config;
@@ -283,12 +405,20 @@ impl Agent {
         );
         let mut failing_since: Option<Instant> = None;
         let mut last_refusal = String::new();
+        let mut last_stats = Instant::now();
+        // Signals that arrived while the loop was busy, for its next sleep.
+        let mut pending: VecDeque<Signal> = VecDeque::new();
         let mut action = scheduler.on_event(Instant::now(), Event::Started);
         loop {
             self.publish(&scheduler);
-            if shutdown_requested(shutdown.try_recv()) {
+            pending.extend(signals.try_iter());
+            if pending.contains(&Signal::Shutdown) {
                 self.stopped(&scheduler);
                 return Ok(());
+            }
+            if last_stats.elapsed() >= STATS_EVERY {
+                last_stats = Instant::now();
+                info!("{}", self.stats_line(&scheduler));
             }
             let event = match action {
                 Action::Sample => Event::Sampled(self.sample(&mut collector)),
@@ -319,11 +449,18 @@ impl Agent {
                     }
                 },
                 Action::SleepUntil(at) => {
-                    if wait(shutdown, at.saturating_duration_since(Instant::now())) {
-                        self.stopped(&scheduler);
-                        return Ok(());
+                    let signal = pending.pop_front().or_else(|| {
+                        wait_signal(signals, at.saturating_duration_since(Instant::now()))
+                    });
+                    match signal {
+                        None => Event::Woke,
+                        Some(Signal::Shutdown) => {
+                            self.stopped(&scheduler);
+                            return Ok(());
+                        }
+                        Some(Signal::Connected) => Event::Connected,
+                        Some(Signal::Refused(n)) => Event::Refused(n),
                     }
-                    Event::Woke
                 }
                 Action::Exit => {
                     self.publish(&scheduler);
@@ -343,13 +480,36 @@ impl Agent {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        let metrics = collector.collect();
+        let rss = MetricName::parse(RSS_METRIC)
+            .ok()
+            .and_then(|name| metrics.get(&name).copied());
+        if let Some(rss) = rss {
+            self.stats.rss_bytes.store(rss as u64, Ordering::SeqCst);
+        }
         Heartbeat {
             sent_at: Some(Timestamp::from_millis(ms)),
             firmware: self.config.firmware.clone(),
             interval_s: Some(self.config.heartbeat_interval.as_secs_f64().ceil().max(1.0) as u32),
             boot_slot: self.config.boot_slot.clone(),
-            metrics: collector.collect(),
+            metrics,
         }
+    }
+
+    /// The counters and the agent's resident memory, for the log.
+    fn stats_line(&self, scheduler: &Scheduler) -> String {
+        let get = Stats::get;
+        let stats = &self.stats;
+        format!(
+            "stats: {} heartbeat(s) sent, {} buffered, {} dropped; {} config change(s) applied, \
+             {} failed; resident memory {:.1} MiB",
+            scheduler.sent(),
+            scheduler.buffered(),
+            scheduler.dropped(),
+            get(&stats.config_applied),
+            get(&stats.config_failed),
+            get(&stats.rss_bytes) as f64 / (1024.0 * 1024.0),
+        )
     }
 
     fn publish(&self, scheduler: &Scheduler) {
@@ -366,6 +526,7 @@ impl Agent {
 
     fn stopped(&self, scheduler: &Scheduler) {
         self.publish(scheduler);
+        info!("{}", self.stats_line(scheduler));
         match scheduler.buffered() {
             0 => info!("stopped"),
             n => warn!("stopped with {n} heartbeat(s) not yet sent (they are lost)"),
@@ -390,14 +551,31 @@ fn retry_after(error: &TransportError) -> Option<Duration> {
     }
 }
 
-/// Sleeps up to `duration`; true when shutdown was requested meanwhile.
-fn wait(shutdown: &Receiver<()>, duration: Duration) -> bool {
-    match shutdown.recv_timeout(duration) {
+/// Sleeps up to `duration`; true when a stop was requested (a message, or the sender dropped).
+pub(crate) fn wait(stop: &Receiver<()>, duration: Duration) -> bool {
+    match stop.recv_timeout(duration) {
         Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
         Err(RecvTimeoutError::Timeout) => false,
     }
 }
 
-fn shutdown_requested(result: Result<(), TryRecvError>) -> bool {
-    !matches!(result, Err(TryRecvError::Empty))
+/// Sleeps up to `duration` or until a signal arrives.
+fn wait_signal(signals: &Receiver<Signal>, duration: Duration) -> Option<Signal> {
+    match signals.recv_timeout(duration) {
+        Ok(signal) => Some(signal),
+        Err(RecvTimeoutError::Disconnected) => Some(Signal::Shutdown),
+        Err(RecvTimeoutError::Timeout) => None,
+    }
+}
+
+/// Turns the caller's shutdown channel into a [`Signal`]: a message or a dropped sender.
+fn forward_shutdown(shutdown: Receiver<()>, signal: Sender<Signal>) {
+    let forward = move || {
+        let _ = shutdown.recv();
+        let _ = signal.send(Signal::Shutdown);
+    };
+    std::thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(forward)
+        .expect("the shutdown thread starts");
 }

@@ -64,6 +64,11 @@ impl Buffer {
         self.dropped += (before - self.entries.len()) as u64;
     }
 
+    /// Counts heartbeats lost after they had left the buffer (refused after an acknowledgement).
+    pub fn count_dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

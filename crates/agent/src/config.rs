@@ -73,6 +73,21 @@ pub struct Cli {
     /// Timeout of one request to the server [default: 30s].
     #[arg(long, env = "DROVER_AGENT_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
+    /// How heartbeats and the shadow travel once provisioned: http or mqtt [default: http].
+    #[arg(long, env = "DROVER_AGENT_TRANSPORT")]
+    pub transport: Option<String>,
+    /// MQTT broker for --transport mqtt, e.g. mqtt://drover.example.com:1883.
+    #[arg(long, env = "DROVER_AGENT_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+    /// Keep the device shadow in sync and apply desired configuration: true or false [default: true].
+    #[arg(long, env = "DROVER_AGENT_SHADOW_SYNC")]
+    pub shadow_sync: Option<bool>,
+    /// Executable that applies desired configuration; gets the shadow delta as JSON on stdin.
+    #[arg(long, env = "DROVER_AGENT_CONFIG_HOOK")]
+    pub config_hook: Option<PathBuf>,
+    /// How long the config hook may run before it is killed [default: 60s].
+    #[arg(long, env = "DROVER_AGENT_CONFIG_HOOK_TIMEOUT")]
+    pub config_hook_timeout: Option<String>,
 }
 
 /// The TOML file, as written. Unknown keys are errors, so a typo does not silently do nothing.
@@ -94,6 +109,11 @@ pub struct RawConfig {
     pub max_buffered_heartbeats: Option<usize>,
     pub metrics_command: Option<PathBuf>,
     pub request_timeout: Option<String>,
+    pub transport: Option<String>,
+    pub mqtt_url: Option<String>,
+    pub shadow_sync: Option<bool>,
+    pub config_hook: Option<PathBuf>,
+    pub config_hook_timeout: Option<String>,
     /// Metrics the OS cannot provide, reported unchanged in every heartbeat.
     #[serde(default)]
     pub static_metrics: BTreeMap<String, f64>,
@@ -119,6 +139,76 @@ pub struct Config {
     pub static_metrics: BTreeMap<MetricName, f64>,
     pub metrics_command: Option<PathBuf>,
     pub request_timeout: Duration,
+    /// How heartbeats and the shadow travel once provisioned (provisioning is always HTTP).
+    pub transport: TransportKind,
+    /// Whether to keep the shadow in sync; off, the agent only reports heartbeats.
+    pub shadow_sync: bool,
+    /// Applies desired configuration; `None` reports desired values as applied.
+    pub config_hook: Option<PathBuf>,
+    pub config_hook_timeout: Duration,
+}
+
+/// How heartbeats and the shadow travel once the device has its credential. Provisioning always
+/// uses HTTP: the claim-token exchange is an HTTP endpoint, and a device without a credential
+/// cannot log in to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportKind {
+    Http,
+    Mqtt(MqttAddress),
+}
+
+/// Where the MQTT broker listens, from `mqtt://host[:port]` (port 1883 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttAddress {
+    /// A name or address; an IPv6 address keeps its brackets (`[::1]`).
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttAddress {
+    /// Parses `mqtt://host[:port]` (`tcp://` also accepted). The device logs in with its own id
+    /// and credential, so a user name or password in the URL is refused rather than ignored.
+    pub fn parse(url: &str) -> Result<MqttAddress, String> {
+        if url.starts_with("mqtts://") || url.starts_with("ssl://") {
+            return Err(format!(
+                "{url:?}: MQTT over TLS is not supported yet; use mqtt://"
+            ));
+        }
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("{url:?} must start with mqtt://"))?
+            .trim_end_matches('/');
+        if rest.contains('@') {
+            return Err(format!(
+                "{url:?} must not contain a user name or password: the agent logs in with its device id and credential"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !rest.ends_with(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{url:?} has an invalid port {port:?}"))?;
+                (host, port)
+            }
+            _ => (rest, 1883),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("{url:?} has no valid host"));
+        }
+        Ok(MqttAddress {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for MqttAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
 }
 
 /// Why the configuration cannot be used.
@@ -198,6 +288,30 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let transport = match pick(&cli.transport, raw.transport).as_deref() {
+            None | Some("http") => TransportKind::Http,
+            Some("mqtt") => {
+                let url = pick(&cli.mqtt_url, raw.mqtt_url).ok_or(ConfigError::Missing {
+                    key: "mqtt_url",
+                    hint: "transport = \"mqtt\" needs the broker's address: `mqtt_url` in the configuration file, --mqtt-url or DROVER_AGENT_MQTT_URL",
+                })?;
+                TransportKind::Mqtt(MqttAddress::parse(&url).map_err(|e| invalid("mqtt_url", e))?)
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "transport",
+                    format!("{other:?} is neither \"http\" nor \"mqtt\""),
+                ))
+            }
+        };
+        let config_hook_timeout = duration(
+            "config_hook_timeout",
+            pick(&cli.config_hook_timeout, raw.config_hook_timeout),
+            Duration::from_secs(60),
+        )?;
+        if config_hook_timeout < Duration::from_secs(1) {
+            return Err(invalid("config_hook_timeout", "must be at least 1s".into()));
+        }
         let mut static_metrics = BTreeMap::new();
         for (name, value) in raw.static_metrics {
             let metric =
@@ -251,6 +365,10 @@ impl Config {
                 pick(&cli.request_timeout, raw.request_timeout),
                 Duration::from_secs(30),
             )?,
+            transport,
+            shadow_sync: cli.shadow_sync.or(raw.shadow_sync).unwrap_or(true),
+            config_hook: cli.config_hook.clone().or(raw.config_hook),
+            config_hook_timeout,
         })
     }
 
@@ -358,6 +476,50 @@ mod tests {
     }
 
     #[test]
+    fn the_mqtt_transport_takes_its_broker_from_the_url() {
+        let config = parse(
+            r#"
+            server_url = "https://drover.example.com"
+            transport = "mqtt"
+            mqtt_url = "mqtt://broker.example.com"
+            config_hook = "/usr/local/lib/drover/apply.sh"
+            config_hook_timeout = "20s"
+            "#,
+        )
+        .unwrap();
+        let broker = MqttAddress {
+            host: "broker.example.com".into(),
+            port: 1883,
+        };
+        assert_eq!(config.transport, TransportKind::Mqtt(broker));
+        assert_eq!(config.config_hook_timeout, Duration::from_secs(20));
+        assert!(config.shadow_sync);
+        let defaults = parse(r#"server_url = "http://a""#).unwrap();
+        assert_eq!(defaults.transport, TransportKind::Http);
+        assert_eq!(defaults.config_hook_timeout, Duration::from_secs(60));
+        for (url, host, port) in [
+            ("mqtt://127.0.0.1:1884", "127.0.0.1", 1884),
+            ("tcp://b:1/", "b", 1),
+            ("mqtt://[::1]:1883", "[::1]", 1883),
+            ("mqtt://[::1]", "[::1]", 1883),
+        ] {
+            let address = MqttAddress::parse(url).unwrap();
+            assert_eq!((address.host.as_str(), address.port), (host, port), "{url}");
+        }
+        let cli = Cli {
+            transport: Some("mqtt".into()),
+            mqtt_url: Some("mqtt://flag:2000".into()),
+            shadow_sync: Some(false),
+            ..Cli::default()
+        };
+        let raw = RawConfig::parse("server_url = \"http://a\"", Path::new("agent.toml")).unwrap();
+        let config = Config::from_parts(&cli, raw).unwrap();
+        let flagged = MqttAddress::parse("mqtt://flag:2000").unwrap();
+        assert_eq!(config.transport, TransportKind::Mqtt(flagged));
+        assert!(!config.shadow_sync);
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let cli = Cli {
             heartbeat_interval: Some("10s".into()),
@@ -404,6 +566,30 @@ mod tests {
             (
                 "server_url = \"http://a\"\nmax_buffered_heartbeats = 0",
                 "at least 1",
+            ),
+            (
+                "server_url = \"http://a\"\ntransport = \"coap\"",
+                "invalid transport: \"coap\" is neither",
+            ),
+            (
+                "server_url = \"http://a\"\ntransport = \"mqtt\"",
+                "mqtt_url is required",
+            ),
+            (
+                "server_url = \"http://a\"\ntransport = \"mqtt\"\nmqtt_url = \"mqtt://dev:secret@b\"",
+                "must not contain a user name or password",
+            ),
+            (
+                "server_url = \"http://a\"\ntransport = \"mqtt\"\nmqtt_url = \"mqtts://b\"",
+                "TLS is not supported yet",
+            ),
+            (
+                "server_url = \"http://a\"\ntransport = \"mqtt\"\nmqtt_url = \"mqtt://b:0\"",
+                "invalid port",
+            ),
+            (
+                "server_url = \"http://a\"\nconfig_hook_timeout = \"10ms\"",
+                "at least 1s",
             ),
         ];
         for (text, expected) in cases {

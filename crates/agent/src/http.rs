@@ -1,22 +1,34 @@
-//! [`Transport`] over the HTTP device API (`/api/device/v1`), with ureq: blocking, rustls, no
-//! async runtime. Connections are kept alive between heartbeats.
+//! The HTTP device API (`/api/device/v1`) with ureq: blocking, rustls, no async runtime.
+//! Connections are kept alive between requests. Implements every transport trait: provisioning,
+//! heartbeats, and the shadow with a long-poll for deltas.
 
 use std::time::Duration;
 
+use drover_core::shadow::JsonObject;
 use drover_proto::device_api::{
     Heartbeat, HeartbeatAck, HeartbeatBatch, ProvisionRequest, ProvisionResponse, WhoAmI,
 };
+use drover_proto::shadow::{
+    ShadowAccepted, ShadowDelta, ShadowStatePatch, ShadowUpdateRequest, ShadowView,
+};
 use serde::de::DeserializeOwned;
 
-use crate::transport::{Credential, Provisioned, Transport, TransportError};
+use crate::transport::{
+    Credential, DeltaWait, Provisioned, Provisioning, ShadowTransport, Transport, TransportError,
+};
 
 /// Where an absent `Retry-After` on a pending answer leaves the agent.
 const DEFAULT_PENDING_RETRY: Duration = Duration::from_secs(60);
+
+/// How long one delta long-poll waits on the server (it allows 60 s). Below a minute so that
+/// proxies with the common 60-second idle timeout do not cut it off.
+pub const DELTA_WAIT: Duration = Duration::from_secs(50);
 
 /// The device API over HTTP(S).
 pub struct HttpTransport {
     base: String,
     agent: ureq::Agent,
+    timeout: Duration,
 }
 
 impl HttpTransport {
@@ -30,6 +42,7 @@ impl HttpTransport {
         HttpTransport {
             base: server_url.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::new_with_config(config),
+            timeout,
         }
     }
 
@@ -64,7 +77,7 @@ impl HttpTransport {
     }
 }
 
-impl Transport for HttpTransport {
+impl Provisioning for HttpTransport {
     fn provision(&mut self, request: &ProvisionRequest) -> Result<Provisioned, TransportError> {
         let answer = self.post("provision", None, request)?.success()?;
         let status = answer.status;
@@ -91,6 +104,12 @@ impl Transport for HttpTransport {
         }
     }
 
+    fn whoami(&mut self, credential: &Credential) -> Result<WhoAmI, TransportError> {
+        self.get("whoami", credential)?.success()?.json()
+    }
+}
+
+impl Transport for HttpTransport {
     fn send_heartbeats(
         &mut self,
         credential: &Credential,
@@ -108,9 +127,60 @@ impl Transport for HttpTransport {
         let ack: HeartbeatAck = answer.success()?.json()?;
         Ok(ack.accepted)
     }
+}
 
-    fn whoami(&mut self, credential: &Credential) -> Result<WhoAmI, TransportError> {
-        self.get("whoami", credential)?.success()?.json()
+impl ShadowTransport for HttpTransport {
+    fn get_shadow(
+        &mut self,
+        credential: &Credential,
+    ) -> Result<Option<ShadowView>, TransportError> {
+        let answer = self.get("shadow", credential)?;
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        answer.success()?.json().map(Some)
+    }
+
+    fn report(
+        &mut self,
+        credential: &Credential,
+        reported: &JsonObject,
+    ) -> Result<u64, TransportError> {
+        let request = ShadowUpdateRequest {
+            state: ShadowStatePatch {
+                desired: None,
+                reported: Some(serde_json::Value::Object(reported.clone())),
+            },
+            version: None,
+            client_token: None,
+        };
+        let accepted: ShadowAccepted = self
+            .post("shadow", Some(credential), &request)?
+            .success()?
+            .json()?;
+        Ok(accepted.version)
+    }
+
+    fn next_delta(
+        &mut self,
+        credential: &Credential,
+        since: u64,
+    ) -> Result<DeltaWait, TransportError> {
+        let path = format!("shadow/delta?version={since}&wait={}", DELTA_WAIT.as_secs());
+        // The server holds the request for up to DELTA_WAIT; the usual timeout applies on top.
+        let request = self
+            .agent
+            .get(self.url(&path))
+            .header("authorization", bearer(credential))
+            .config()
+            .timeout_global(Some(DELTA_WAIT + self.timeout))
+            .build();
+        let answer = Answer::read(request.call())?.success()?;
+        if answer.status == 204 {
+            return Ok(DeltaWait::Nothing);
+        }
+        let delta: ShadowDelta = answer.json()?;
+        Ok(DeltaWait::Delta(delta))
     }
 }
 
@@ -165,18 +235,18 @@ impl Answer {
             401 => TransportError::Unauthorized(message),
             // Timeouts and rate limits are the server asking for patience, not a bad request.
             408 | 429 => TransportError::Unavailable {
-                status: self.status,
+                status: Some(self.status),
                 retry_after: self.retry_after,
                 message,
             },
             400..=499 => TransportError::Rejected {
-                status: self.status,
+                status: Some(self.status),
                 code: error["code"].as_str().unwrap_or("unknown").to_owned(),
                 message,
                 index: error["details"]["index"].as_u64().map(|i| i as usize),
             },
             _ => TransportError::Unavailable {
-                status: self.status,
+                status: Some(self.status),
                 retry_after: self.retry_after,
                 message,
             },

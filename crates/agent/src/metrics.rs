@@ -6,12 +6,12 @@
 //! `static_metrics`, then the command's output.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drover_core::health::MetricName;
+
+use crate::process::RunOptions;
 
 /// How long the metrics command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,39 +206,17 @@ pub fn parse_command_output(text: &str) -> (BTreeMap<MetricName, f64>, Vec<Strin
     (metrics, problems)
 }
 
-/// Runs the hook and returns its stdout; kills it after `timeout`.
+/// Runs the command and returns its stdout; kills it after `timeout`.
 fn run_command(command: &Path, timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start: {e}"))?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    // Read on a helper thread so a command that fills the pipe cannot deadlock the wait below.
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.by_ref().take(64 * 1024).read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("killed after {} s", timeout.as_secs()));
-            }
-            Err(e) => return Err(format!("cannot wait: {e}")),
-        }
+    let options = RunOptions {
+        timeout,
+        ..RunOptions::default()
     };
-    let text = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(format!("exited with {status}"));
+    let finished = crate::process::run(command, &options).map_err(|e| e.to_string())?;
+    if !finished.status.success() {
+        return Err(format!("exited with {}", finished.status));
     }
-    Ok(text)
+    Ok(finished.stdout)
 }
 
 fn read(path: &str) -> Option<String> {

@@ -34,6 +34,12 @@ pub enum Event {
     Sent,
     /// The last [`Action::Send`] failed.
     SendFailed(Failure),
+    /// The transport (re)connected (MQTT): the server is reachable, so buffered heartbeats go now
+    /// instead of after the backoff.
+    Connected,
+    /// The server refused this many heartbeats after they had been counted as sent (an external
+    /// MQTT broker acknowledges before the server has seen them): count them as dropped.
+    Refused(u64),
 }
 
 /// How a send failed, as far as the scheduler cares.
@@ -137,6 +143,11 @@ impl Scheduler {
                 }
             }
             Event::SendFailed(Failure::Unauthorized) => return Action::Exit,
+            Event::Connected => {
+                self.backoff.reset();
+                self.retry_at = None;
+            }
+            Event::Refused(n) => self.buffer.count_dropped(n),
         }
         self.next_action(now)
     }
@@ -363,6 +374,46 @@ mod tests {
             s.on_event(t0, Event::SendFailed(Failure::Unauthorized)),
             Action::Exit
         );
+    }
+
+    #[test]
+    fn a_reconnect_flushes_at_once_instead_of_after_the_backoff() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10);
+        s.on_event(t0, Event::Started);
+        s.on_event(t0, Event::Sampled(heartbeat(1.0)));
+        let outage = Failure::Transient {
+            retry_after: Some(secs(50)),
+        };
+        assert_eq!(
+            s.on_event(t0, Event::SendFailed(outage)),
+            Action::SleepUntil(t0 + secs(50))
+        );
+        let action = s.on_event(t0 + secs(2), Event::Connected);
+        assert_eq!(uptimes(&action), [1.0]);
+        s.on_event(t0 + secs(2), Event::Sent);
+        assert_eq!(
+            s.on_event(t0 + secs(3), Event::Connected),
+            Action::SleepUntil(t0 + secs(60)),
+            "nothing buffered: back to sleep"
+        );
+    }
+
+    #[test]
+    fn heartbeats_refused_after_their_acknowledgement_count_as_dropped() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10);
+        s.on_event(t0, Event::Started);
+        s.on_event(t0, Event::Sampled(heartbeat(1.0)));
+        s.on_event(t0, Event::Sent);
+        s.on_event(t0, Event::Refused(1));
+        assert_eq!((s.sent(), s.dropped()), (1, 1));
+        assert_eq!(s.on_event(t0 + secs(60), Event::Woke), Action::Sample);
+        let action = s.on_event(t0 + secs(60), Event::Sampled(heartbeat(2.0)));
+        let Action::Send(batch) = action else {
+            panic!("expected a send, got {action:?}")
+        };
+        assert_eq!(metric(&batch[0], DROPPED_METRIC), 1.0);
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! How the agent reaches the server. [`Transport`] is the whole surface the agent needs, so a
-//! second implementation (MQTT) can replace [`crate::http::HttpTransport`] without touching the
-//! scheduler or the loop. Errors are sorted into the classes the agent reacts to differently.
+//! How the agent reaches the server: one trait per job, so the heartbeat loop and the shadow
+//! thread do not care whether HTTP ([`crate::http`]) or MQTT ([`crate::mqtt`]) carries their
+//! messages. Provisioning is HTTP only. Errors are sorted into the classes the agent reacts to
+//! differently.
 
 use std::fmt;
 use std::time::Duration;
 
+use drover_core::shadow::JsonObject;
 use drover_proto::device_api::{Heartbeat, ProvisionRequest, ProvisionResponse, WhoAmI};
+use drover_proto::shadow::{ShadowDelta, ShadowView};
 
 /// A device credential. Its `Debug` and `Display` never show the secret, so it cannot leak into
 /// logs by accident.
@@ -35,20 +38,24 @@ pub enum TransportError {
     /// No answer: connection refused, DNS, TLS, timeout. Retry later.
     #[error("cannot reach the server: {0}")]
     Unreachable(String),
-    /// The server answered 5xx (503 under load). Retry later, not before `retry_after`.
-    #[error("the server is unavailable (HTTP {status}): {message}")]
+    /// The server answered 5xx (503 under load), or said so over MQTT. Retry later, not before
+    /// `retry_after`.
+    #[error("the server is unavailable ({}): {message}", status.map_or("over MQTT".to_owned(), |s| format!("HTTP {s}")))]
     Unavailable {
-        status: u16,
+        /// The HTTP status; `None` over MQTT.
+        status: Option<u16>,
         retry_after: Option<Duration>,
         message: String,
     },
     /// 401: the credential or claim token is not (or no longer) valid.
     #[error("the server refused the credentials (HTTP 401): {0}")]
     Unauthorized(String),
-    /// Any other 4xx: the request itself is wrong; sending it again cannot help.
-    #[error("the server rejected the request (HTTP {status}, {code}): {message}")]
+    /// Any other 4xx, or an MQTT rejection: the request itself is wrong; sending it again cannot
+    /// help.
+    #[error("the server rejected the request ({}{code}): {message}", http_status(*status))]
     Rejected {
-        status: u16,
+        /// The HTTP status; `None` over MQTT, where only `code` says what was wrong.
+        status: Option<u16>,
         code: String,
         message: String,
         /// For a heartbeat batch: which heartbeat was at fault.
@@ -71,6 +78,10 @@ impl TransportError {
     }
 }
 
+fn http_status(status: Option<u16>) -> String {
+    status.map(|s| format!("HTTP {s}, ")).unwrap_or_default()
+}
+
 /// The answer to a provisioning request.
 #[derive(Debug)]
 pub enum Provisioned {
@@ -87,11 +98,18 @@ pub enum Provisioned {
     },
 }
 
-/// The device API as the agent uses it.
-pub trait Transport {
+/// Obtaining and checking the credential: HTTP only, because a device without a credential
+/// cannot log in to an MQTT broker.
+pub trait Provisioning {
     /// Exchanges a claim token, pre-authorisation or nonce for a credential.
     fn provision(&mut self, request: &ProvisionRequest) -> Result<Provisioned, TransportError>;
 
+    /// The device's own record, which also checks that the credential works.
+    fn whoami(&mut self, credential: &Credential) -> Result<WhoAmI, TransportError>;
+}
+
+/// What the heartbeat loop needs.
+pub trait Transport {
     /// Stores heartbeats (oldest first); returns how many the server accepted. One heartbeat and
     /// a batch may use different requests, which is the transport's business.
     fn send_heartbeats(
@@ -99,7 +117,37 @@ pub trait Transport {
         credential: &Credential,
         heartbeats: &[Heartbeat],
     ) -> Result<u64, TransportError>;
+}
 
-    /// The device's own record, which also checks that the credential works.
-    fn whoami(&mut self, credential: &Credential) -> Result<WhoAmI, TransportError>;
+/// What the shadow thread needs: the classic shadow of the device the credential belongs to.
+pub trait ShadowTransport {
+    /// The whole document; `None` when the device has no shadow yet.
+    fn get_shadow(&mut self, credential: &Credential)
+        -> Result<Option<ShadowView>, TransportError>;
+
+    /// Merges `reported` into the shadow's reported state; returns the document's new version.
+    fn report(
+        &mut self,
+        credential: &Credential,
+        reported: &JsonObject,
+    ) -> Result<u64, TransportError>;
+
+    /// Waits (up to a transport-chosen time) for a delta newer than `since`.
+    fn next_delta(
+        &mut self,
+        credential: &Credential,
+        since: u64,
+    ) -> Result<DeltaWait, TransportError>;
+}
+
+/// How waiting for a delta ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeltaWait {
+    /// The whole current delta, newer than asked for.
+    Delta(ShadowDelta),
+    /// Nothing new yet; ask again.
+    Nothing,
+    /// The connection was re-established since the last call: deltas may have been missed, so
+    /// fetch the whole document again.
+    Reconnected,
 }

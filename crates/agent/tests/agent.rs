@@ -1,5 +1,6 @@
 //! The agent against a real Drover server started in-process: provisioning, the credential file,
-//! heartbeats in the server's health view, restarts, outages and revocation.
+//! heartbeats in the server's health view, restarts, outages and revocation, over HTTP and over
+//! the server's embedded MQTT broker; shadow sync through a config hook over both.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -208,7 +209,8 @@ async fn the_binary_stops_on_sigterm_and_exits_non_zero_when_its_credential_is_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_claim_token_the_agent_waits_with_a_persisted_nonce_until_accepted() {
     let dir = TempDir::new();
-    let server = TestServer::start_with(&dir.path, "127.0.0.1:0".parse().unwrap(), true).await;
+    let any_port = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_with(&dir.path, any_port, any_port, true).await;
     let state_dir = dir.path.join("agent");
     let text = agent_toml(&server.base, &state_dir, None) + "device_id = \"pend-1\"\n";
     let text = text.replace("[static_metrics]\nbattery_v = 3.7\n", "");
@@ -252,33 +254,304 @@ async fn without_a_claim_token_the_agent_waits_with_a_persisted_nonce_until_acce
     assert!(nonce.contains("nonce"));
 }
 
-/// A server on a fresh (or the given, reused) SQLite data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt_heartbeats_arrive_a_stopped_device_goes_offline_and_revocation_ends_it() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let claim = server.claim().await;
+    let state_dir = dir.path.join("agent");
+    let config = agent_config_with(&server.base, &state_dir, Some(&claim), &server.mqtt_keys());
+
+    let agent = RunningAgent::spawn(config.clone());
+    eventually("three heartbeats are acknowledged over MQTT", || {
+        count(&agent.stats.heartbeats_sent) >= 3
+    })
+    .await;
+    assert_eq!(count(&agent.stats.provisioned), 1);
+    assert_eq!(count(&agent.stats.mqtt_connects), 1);
+    assert!(
+        count(&agent.stats.rss_bytes) > 0,
+        "the agent knows its own memory"
+    );
+    let device_id = device_id(&state_dir);
+    let health = format!("/api/v1/devices/{device_id}/health");
+    let (status, health) = server.admin(Method::GET, &health, None).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["metrics"]["battery_v"], 3.7, "{health}");
+    assert!(
+        health["metrics"]["agent_rss_bytes"].as_f64().unwrap() > 0.0,
+        "{health}"
+    );
+    let device_path = format!("/api/v1/devices/{device_id}");
+    let (_, device) = server.admin(Method::GET, &device_path, None).await;
+    assert_eq!(device["connectivity"], "online", "{device}");
+
+    agent.stop().expect("clean shutdown");
+    server
+        .until("the device is offline", &device_path, |device| {
+            device["connectivity"] == "offline"
+        })
+        .await;
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("route=\"/api/device/v1/provision\"")),
+        "provisioning is HTTP:\n{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("route=\"/api/device/v1/heartbeat")),
+        "heartbeats are not:\n{metrics}"
+    );
+
+    // Revoked: the broker refuses the credential, the server confirms it, the agent gives up.
+    let revoke = format!("/api/v1/devices/{device_id}/credentials");
+    let (status, body) = server.admin(Method::DELETE, &revoke, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let agent = RunningAgent::spawn(config);
+    eventually("the agent gives up", || agent.thread.is_finished()).await;
+    let error = agent.stop().expect_err("revoked");
+    assert!(
+        error.downcast_ref::<drover_agent::Revoked>().is_some(),
+        "{error:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt_the_agent_reconnects_after_an_outage_and_flushes_its_buffer_in_batches() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let (addr, mqtt_addr) = (server.addr, server.mqtt_addr);
+    let claim = server.claim().await;
+    let config = agent_config_with(
+        &server.base,
+        &dir.path.join("agent"),
+        Some(&claim),
+        &server.mqtt_keys(),
+    );
+    let agent = RunningAgent::spawn(config);
+    eventually("a heartbeat", || count(&agent.stats.heartbeats_sent) >= 1).await;
+
+    // Broker and server go away: heartbeats pile up in memory.
+    server.stop().await;
+    let sent_before = count(&agent.stats.heartbeats_sent);
+    eventually("three heartbeats are buffered", || {
+        count(&agent.stats.buffered) >= 3
+    })
+    .await;
+    assert!(count(&agent.stats.send_failures) >= 1);
+
+    // Back on the same addresses: the link reconnects and the buffer drains at once.
+    let server = TestServer::start_with(&dir.path, addr, mqtt_addr, false).await;
+    eventually("the buffer is flushed over the new connection", || {
+        count(&agent.stats.mqtt_connects) >= 2
+            && count(&agent.stats.buffered) == 0
+            && count(&agent.stats.heartbeats_sent) >= sent_before + 3
+    })
+    .await;
+    assert_eq!(count(&agent.stats.dropped), 0);
+    agent.stop().expect("clean shutdown");
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("route=\"/api/device/v1/heartbeat")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_the_hook_applies_desired_state_also_when_it_changed_while_the_agent_was_stopped()
+{
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let claim = server.claim().await;
+    let state_dir = dir.path.join("agent");
+    let hook = Hook::new(&dir.path);
+    let config = agent_config_with(&server.base, &state_dir, Some(&claim), &hook.keys());
+
+    let agent = RunningAgent::spawn(config.clone());
+    eventually("a heartbeat", || count(&agent.stats.heartbeats_sent) >= 1).await;
+    let device_id = device_id(&state_dir);
+    server.set_desired(&device_id, json!({"led": "on"})).await;
+    let shadow = server.until_converged(&device_id, "led", "on").await;
+    assert_eq!(hook.calls(), [json!({"led": "on"})]);
+    assert_eq!(count(&agent.stats.config_applied), 1);
+    agent.stop().expect("clean shutdown");
+
+    server.set_desired(&device_id, json!({"led": "off"})).await;
+    let agent = RunningAgent::spawn(config);
+    let shadow_after = server.until_converged(&device_id, "led", "off").await;
+    assert!(shadow_after["version"].as_u64() > shadow["version"].as_u64());
+    assert_eq!(
+        hook.calls(),
+        [json!({"led": "on"}), json!({"led": "off"})],
+        "the change made while stopped is applied once, the old one not again"
+    );
+    agent.stop().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt_deltas_reach_the_hook_failures_are_reported_and_a_restart_catches_up() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let claim = server.claim().await;
+    let state_dir = dir.path.join("agent");
+    let hook = Hook::new(&dir.path);
+    let keys = server.mqtt_keys() + &hook.keys();
+    let config = agent_config_with(&server.base, &state_dir, Some(&claim), &keys);
+
+    let agent = RunningAgent::spawn(config.clone());
+    eventually("a heartbeat", || count(&agent.stats.heartbeats_sent) >= 1).await;
+    let device_id = device_id(&state_dir);
+    server.set_desired(&device_id, json!({"led": "on"})).await;
+    server.until_converged(&device_id, "led", "on").await;
+
+    // The hook refuses this one: nothing is reported for it but the reason.
+    server
+        .set_desired(&device_id, json!({"mode": "broken"}))
+        .await;
+    let shadow = server
+        .until(
+            "the failure is reported",
+            &shadow_path(&device_id),
+            |shadow| shadow["state"]["reported"]["drover_agent"]["config_error"].is_string(),
+        )
+        .await;
+    let error = shadow["state"]["reported"]["drover_agent"]["config_error"]
+        .as_str()
+        .unwrap();
+    assert!(
+        error.contains("cannot apply"),
+        "the hook's stderr says why: {error}"
+    );
+    assert_eq!(
+        shadow["state"]["delta"],
+        json!({"mode": "broken"}),
+        "{shadow}"
+    );
+    assert_eq!(count(&agent.stats.config_failed), 1);
+
+    server.set_desired(&device_id, json!({"mode": "eco"})).await;
+    let shadow = server.until_converged(&device_id, "mode", "eco").await;
+    assert!(
+        shadow["state"]["reported"]["drover_agent"]
+            .get("config_error")
+            .is_none(),
+        "a success clears the error: {shadow}"
+    );
+    agent.stop().expect("clean shutdown");
+
+    server.set_desired(&device_id, json!({"led": "off"})).await;
+    let agent = RunningAgent::spawn(config);
+    server.until_converged(&device_id, "led", "off").await;
+    let calls = [
+        json!({"led": "on"}),
+        json!({"mode": "broken"}),
+        json!({"mode": "eco"}),
+        json!({"led": "off"}),
+    ];
+    assert_eq!(hook.calls(), calls);
+    agent.stop().expect("clean shutdown");
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("route=\"/api/device/v1/shadow")),
+        "the shadow went over MQTT:\n{metrics}"
+    );
+}
+
+/// A server on a fresh (or the given, reused) SQLite data directory, with the embedded MQTT
+/// broker on a port of its own.
 struct TestServer {
     addr: SocketAddr,
     base: String,
+    mqtt_addr: SocketAddr,
     http: reqwest::Client,
     server: RunningServer,
 }
 
 impl TestServer {
     async fn start(data_dir: &Path, listen: SocketAddr) -> TestServer {
-        TestServer::start_with(data_dir, listen, false).await
+        TestServer::start_with(data_dir, listen, "127.0.0.1:0".parse().unwrap(), false).await
     }
 
-    async fn start_with(data_dir: &Path, listen: SocketAddr, allow_pending: bool) -> TestServer {
+    async fn start_with(
+        data_dir: &Path,
+        listen: SocketAddr,
+        mqtt_listen: SocketAddr,
+        allow_pending: bool,
+    ) -> TestServer {
         let mut config = ServerConfig::with_data_dir(data_dir);
         config.listen = listen;
+        config.mqtt = drover_server::mqtt::MqttConfig::Embedded {
+            listen: mqtt_listen,
+        };
         config.allow_pending = allow_pending;
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
+        // Devices of the tests announce 1 s intervals: they go offline about 3 s after stopping.
+        config.offline_check = Duration::from_millis(100);
         let server = drover_server::start(config, std::future::pending())
             .await
             .expect("server starts");
         TestServer {
             addr: server.addr,
             base: format!("http://{}", server.addr),
+            mqtt_addr: server.mqtt_addr.expect("the embedded broker runs"),
             http: reqwest::Client::new(),
             server,
         }
+    }
+
+    /// Agent configuration keys for MQTT through the embedded broker.
+    fn mqtt_keys(&self) -> String {
+        format!(
+            "transport = \"mqtt\"\nmqtt_url = \"mqtt://{}\"\n",
+            self.mqtt_addr
+        )
+    }
+
+    /// The Prometheus metrics.
+    async fn metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.base)).send().await;
+        response.unwrap().text().await.unwrap()
+    }
+
+    /// Sets desired state the way an operator does.
+    async fn set_desired(&self, device_id: &str, desired: Value) {
+        let body = json!({ "state": { "desired": desired } });
+        let (status, answer) = self
+            .admin(Method::PATCH, &shadow_path(device_id), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    /// Polls `GET path` (up to 30 s) until `condition` holds for the answer; returns it.
+    async fn until(&self, what: &str, path: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = self.admin(Method::GET, path, None).await;
+            if condition(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the device reported `field = value` and no delta is left; returns the shadow.
+    async fn until_converged(&self, device_id: &str, field: &str, value: &str) -> Value {
+        let what = format!("the device reports {field} = {value} and the delta is gone");
+        self.until(&what, &shadow_path(device_id), |shadow| {
+            shadow["state"]["reported"][field] == value && shadow["state"].get("delta").is_none()
+        })
+        .await
     }
 
     async fn stop(self) {
@@ -339,6 +612,11 @@ impl RunningAgent {
 }
 
 fn agent_toml(server: &str, state_dir: &Path, claim: Option<&str>) -> String {
+    agent_toml_with(server, state_dir, claim, "")
+}
+
+/// The test configuration with `extra` top-level keys.
+fn agent_toml_with(server: &str, state_dir: &Path, claim: Option<&str>, extra: &str) -> String {
     let claim = claim
         .map(|c| format!("claim_token = \"{c}\"\n"))
         .unwrap_or_default();
@@ -346,17 +624,62 @@ fn agent_toml(server: &str, state_dir: &Path, claim: Option<&str>) -> String {
         "server_url = \"{server}\"\nstate_dir = \"{}\"\nhardware_id = \"HW-1\"\n{claim}\
          device_type = \"gateway\"\nfirmware = \"1.0.0\"\nboot_slot = \"a\"\n\
          heartbeat_interval = \"200ms\"\nheartbeat_jitter = \"20ms\"\nrequest_timeout = \"5s\"\n\
-         [static_metrics]\nbattery_v = 3.7\n",
+         {extra}[static_metrics]\nbattery_v = 3.7\n",
         state_dir.display(),
     )
 }
 
 fn agent_config(server: &str, state_dir: &Path, claim: Option<&str>) -> Config {
-    Config::from_toml(
-        &agent_toml(server, state_dir, claim),
-        Path::new("test.toml"),
-    )
-    .expect("valid config")
+    agent_config_with(server, state_dir, claim, "")
+}
+
+fn agent_config_with(server: &str, state_dir: &Path, claim: Option<&str>, extra: &str) -> Config {
+    let text = agent_toml_with(server, state_dir, claim, extra);
+    Config::from_toml(&text, Path::new("test.toml")).expect("valid config")
+}
+
+/// A config hook that records each delta it gets and refuses any containing "broken".
+struct Hook {
+    script: PathBuf,
+    log: PathBuf,
+}
+
+impl Hook {
+    fn new(dir: &Path) -> Hook {
+        let script = dir.join("apply-config.sh");
+        let log = dir.join("hook.log");
+        let text = format!(
+            "#!/bin/sh\ninput=$(cat)\necho \"$input\" >> '{}'\n\
+             case \"$input\" in *broken*) echo \"cannot apply $input\" >&2; exit 1;; esac\n",
+            log.display()
+        );
+        std::fs::write(&script, text).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Hook { script, log }
+    }
+
+    fn keys(&self) -> String {
+        format!("config_hook = \"{}\"\n", self.script.display())
+    }
+
+    /// The deltas the hook got, in order.
+    fn calls(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+fn shadow_path(device_id: &str) -> String {
+    format!("/api/v1/devices/{device_id}/shadow")
+}
+
+/// The device id the agent stored after provisioning.
+fn device_id(state_dir: &Path) -> String {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    state["device_id"].as_str().unwrap().to_owned()
 }
 
 fn spawn_binary(config_file: &PathBuf) -> Child {

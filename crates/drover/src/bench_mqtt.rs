@@ -4,8 +4,8 @@
 //! PUBACKs, which the broker sends only once a heartbeat is durable; the anchor is Mosquitto
 //! relaying the same messages from the same number of connections to one subscriber, with no
 //! processing. `mqtt-idle` connects thousands of idle devices to a `drover serve` child process
-//! and reports the growth of its resident memory per connection, beside Mosquitto's for the same
-//! connections.
+//! and reports the growth of its resident memory per connection, beside a fresh Mosquitto's for
+//! the same connections.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -54,9 +54,6 @@ pub struct IdleArgs {
     /// Connections per client process (each process may hold only so many file descriptors).
     #[arg(long, default_value_t = 9_500)]
     pub per_process: usize,
-    /// Also measure Mosquitto with the same connections (pid from /run/mosquitto/mosquitto.pid).
-    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-    pub anchor: String,
     /// Internal: connect the devices listed on stdin to this broker and hold them open.
     #[arg(long, hide = true)]
     pub client_for: Option<String>,
@@ -514,7 +511,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let (mut server, http, mqtt) = spawn_server(&dir)?;
     let result = async {
         println!("# drover bench mqtt-idle: {} idle connections, {} per client process", args.connections, args.per_process);
-        let devices = enrol(&format!("http://{http}"), "idle", args.connections).await?;
+        let devices = enrol(&http, "idle", args.connections).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = rss(server.id())?;
         let clients = connect_idle(&mqtt, &devices, args.per_process, true)?;
@@ -523,18 +520,26 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         drop_children(clients);
         let drover_per = (after.saturating_sub(before)) as f64 / args.connections as f64;
 
-        let anchor = match std::fs::read_to_string("/run/mosquitto/mosquitto.pid") {
-            Ok(pid) => {
-                let pid: u32 = pid.trim().parse()?;
-                let (host, port) = address(&args.anchor)?;
-                let before = rss(pid)?;
-                let clients = connect_idle(&format!("{host}:{port}"), &devices, args.per_process, false)?;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                let after = rss(pid)?;
-                drop_children(clients);
-                Some(after.saturating_sub(before) as f64 / args.connections as f64)
+        // The anchor: a fresh Mosquitto of our own, so its memory starts clean like Drover's.
+        let anchor = match spawn_mosquitto() {
+            Ok((mut mosquitto, port)) => {
+                let measured = async {
+                    let before = rss(mosquitto.id())?;
+                    let clients = connect_idle(&format!("127.0.0.1:{port}"), &devices, args.per_process, false)?;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let after = rss(mosquitto.id())?;
+                    drop_children(clients);
+                    Ok::<_, anyhow::Error>(after.saturating_sub(before) as f64 / args.connections as f64)
+                }
+                .await;
+                let _ = mosquitto.kill();
+                let _ = mosquitto.wait();
+                Some(measured?)
             }
-            Err(_) => None,
+            Err(e) => {
+                eprintln!("no Mosquitto anchor: {e:#}");
+                None
+            }
         };
         println!();
         println!("| broker | RSS before | RSS with connections | bytes per idle connection | ratio to anchor |");
@@ -554,6 +559,27 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let _ = server.kill();
     let _ = server.wait();
     result
+}
+
+/// Starts `mosquitto -p PORT` on a free loopback port (its default local-only, anonymous mode).
+fn spawn_mosquitto() -> anyhow::Result<(Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("mosquitto")
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run mosquitto")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("mosquitto did not start listening on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, port))
 }
 
 fn drop_children(children: Vec<Child>) {
