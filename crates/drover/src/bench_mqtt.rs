@@ -329,7 +329,7 @@ pub async fn mqtt(args: MqttArgs) -> anyhow::Result<()> {
         .lines()
         .filter(|l| l.starts_with("drover_device_rejections_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |sum, n| sum + n);
     let relay_rate = relayed as f64 / relay_time.as_secs_f64();
     let drover_rate = acked as f64 / drover_time.as_secs_f64();
     println!();
