@@ -73,6 +73,8 @@ pub struct Stats {
     pub config_failed: AtomicU64,
     /// MQTT connections established: the first and every reconnect.
     pub mqtt_connects: AtomicU64,
+    /// `mqtt_connects` as of the last heartbeat, to report reconnections since then.
+    pub connects_reported: AtomicU64,
     /// Messages the server rejected on `drover/{id}/rejected` (a topic it does not handle).
     pub rejected_messages: AtomicU64,
     /// The agent's own resident memory at the last reading, in bytes.
@@ -480,7 +482,21 @@ impl Agent {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let metrics = collector.collect();
+        let mut metrics = collector.collect();
+        // Over MQTT: reconnections since the previous heartbeat, which the server weighs into the
+        // device's link quality (three or more make it `degraded`).
+        let connects = self.stats.mqtt_connects.load(Ordering::SeqCst);
+        if connects > 0 {
+            let before = self
+                .stats
+                .connects_reported
+                .swap(connects, Ordering::SeqCst);
+            // The first connection is not a reconnection.
+            let reconnects = connects.saturating_sub(before.max(1));
+            if let Ok(name) = MetricName::parse("reconnects") {
+                metrics.insert(name, reconnects as f64);
+            }
+        }
         let rss = MetricName::parse(RSS_METRIC)
             .ok()
             .and_then(|name| metrics.get(&name).copied());

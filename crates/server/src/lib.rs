@@ -51,9 +51,18 @@ pub struct AppState {
     shadows: shadow_hub::ShadowHub,
     /// When each token's `last_used_at` was last written, so that busy tokens cost one write a minute.
     token_touches: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Devices whose credentials were just revoked, for the embedded MQTT broker to disconnect.
+    revocations: tokio::sync::broadcast::Sender<drover_core::DeviceId>,
 }
 
 impl AppState {
+    /// Announces that `device`'s credentials no longer hold, so open connections authenticated with
+    /// them are closed (the embedded MQTT broker's sessions; HTTP requests authenticate each time).
+    pub(crate) fn credentials_revoked(&self, device: &drover_core::DeviceId) {
+        // Nobody listening (MQTT off or external) is fine.
+        let _ = self.revocations.send(device.clone());
+    }
+
     fn note_token_use(&self, auth: &TokenAuth, now: Timestamp) {
         const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
         let mut touches = self.token_touches.lock().unwrap_or_else(|p| p.into_inner());
@@ -146,6 +155,7 @@ pub async fn start(
         metrics: metrics.clone(),
         shadows: shadows.clone(),
         token_touches: Arc::default(),
+        revocations: tokio::sync::broadcast::channel(256).0,
     };
     let messages = mqtt::handler::DeviceMessages::new(state.clone());
     let mqtt_addr = mqtt_listener.as_ref().map(|l| l.local_addr());

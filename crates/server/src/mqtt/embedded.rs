@@ -64,7 +64,7 @@ use rmqtt::types::{
     AuthResult, ClientId, ConnectInfo, From, Id, LastWill, Message, Publish, PublishAclResult,
     PublishResult, QoS, Reason, Subscribe, SubscribeAclResult, TopicName,
 };
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
@@ -139,6 +139,7 @@ impl Listener {
             ClientId::from_static("$drover"),
             None,
         ));
+        let messages_revocations = messages.state().revocations.subscribe();
         let (connected, _) = watch::channel(0usize);
         let shared = Arc::new(Shared {
             messages: RwLock::new(Some(messages.clone())),
@@ -175,10 +176,23 @@ impl Listener {
                 async move { send(&scx, &from, &metrics, out).await }
             }))
         };
+        let revocations = {
+            let scx = scx.clone();
+            let mut revoked = messages_revocations;
+            tokio::spawn(async move {
+                loop {
+                    match revoked.recv().await {
+                        Ok(device) => disconnect(&scx, &device).await,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
         Ok(Broker {
             scx,
             shared,
-            tasks: vec![serve, deltas],
+            tasks: vec![serve, deltas, revocations],
         })
     }
 }
@@ -528,6 +542,19 @@ async fn send(scx: &ServerContext, from: &From, metrics: &Metrics, out: Outgoing
             metrics.mqtt_sent.inc();
         }
         Err(e) => tracing::warn!(error = %e, "cannot publish to a device"),
+    }
+}
+
+/// Closes the connection of `device`, whose credentials were revoked (it cannot log in again).
+async fn disconnect(scx: &ServerContext, device: &DeviceId) {
+    let shared = scx.extends.shared().await;
+    for entry in shared.iter() {
+        if *entry.id().client_id == *device.as_str() {
+            if let Some(tx) = entry.tx() {
+                tracing::info!(%device, "closing the MQTT connection of a device whose credentials were revoked");
+                let _ = tx.unbounded_send(Message::Closed(Reason::ConnectRemoteClose));
+            }
+        }
     }
 }
 

@@ -189,6 +189,7 @@ pub async fn delete(
     let actor = auth.require(Role::Admin)?.actor();
     let id = device_id(&id)?;
     state.store.delete_device(&actor, &id, now()).await?;
+    state.credentials_revoked(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -203,13 +204,9 @@ pub async fn decommission(
 ) -> Result<Json<DeviceView>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(
-        state
-            .store
-            .decommission_device(&actor, &id, now())
-            .await?
-            .into(),
-    ))
+    let device = state.store.decommission_device(&actor, &id, now()).await?;
+    state.credentials_revoked(&id);
+    Ok(Json(device.into()))
 }
 
 /// Accepts a pending device; it then fetches its credential with its nonce.
@@ -253,6 +250,8 @@ pub async fn rotate_credential(
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
     let credential = state.store.rotate_credential(&actor, &id, now()).await?;
+    // The old credential no longer holds: its connections end; the device logs in with the new one.
+    state.credentials_revoked(&id);
     Ok((
         StatusCode::CREATED,
         Json(DeviceCredential {
@@ -272,9 +271,9 @@ pub async fn revoke_credentials(
 ) -> Result<Json<Count>, ApiError> {
     let actor = auth.require(Role::Operator)?.actor();
     let id = device_id(&id)?;
-    Ok(Json(Count {
-        count: state.store.revoke_credentials(&actor, &id, now()).await?,
-    }))
+    let count = state.store.revoke_credentials(&actor, &id, now()).await?;
+    state.credentials_revoked(&id);
+    Ok(Json(Count { count }))
 }
 
 /// Lists the static and dynamic groups a device belongs to right now.

@@ -76,6 +76,13 @@ api_tests! {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let (status, _) = app.send(Method::POST, "/api/device/v1/heartbeat", Some(ADMIN_TOKEN), Some(json!({ "metrics": {} }))).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "an operator token is not a device credential");
+        // Every refusal is counted by transport and code.
+        let (_, metrics) = app.send(Method::GET, "/metrics", None, None).await;
+        let metrics = metrics.as_str().unwrap_or_default().to_owned();
+        for (code, n) in [("invalid_metric_value", 2), ("timestamp_in_future", 1), ("unauthorized", 2)] {
+            let line = format!("drover_device_rejections_total{{transport=\"http\",code=\"{code}\"}} {n}\n");
+            assert!(metrics.contains(&line), "{line} in {metrics}");
+        }
 
         let (status, _) = app.get("/api/v1/devices/hb-2/health").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");

@@ -242,6 +242,25 @@ api_tests! {
         assert_eq!(status, StatusCode::OK);
     }
 
+    async fn revoking_or_decommissioning_closes_the_device_connection(app) {
+        let credential = provision(app, "mq-rev").await;
+        let mut device = Device::connect(app, "mq-rev", &credential).await;
+        let (status, body) = app.delete("/api/v1/devices/mq-rev/credentials").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        device.closed().await;
+        assert_eq!(
+            connect(app, "mq-rev", Some(("mq-rev", credential.as_str()))).await.err(),
+            Some(ConnectReturnCode::BadUserNamePassword),
+            "the revoked credential cannot log in again"
+        );
+
+        let credential = provision(app, "mq-dec").await;
+        let mut device = Device::connect(app, "mq-dec", &credential).await;
+        let (status, body) = app.post("/api/v1/devices/mq-dec/decommission", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        device.closed().await;
+    }
+
     async fn devices_subscribe_and_publish_only_under_their_own_id(app) {
         let own = provision(app, "mq-own").await;
         let other = provision(app, "mq-other").await;
