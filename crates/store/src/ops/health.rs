@@ -70,8 +70,10 @@ pub async fn record<D: Db>(
 ) -> Result<u64, StoreError> {
     // Resolve devices once for the whole batch.
     let mut devices: HashMap<String, (i64, String)> = HashMap::new();
-    // Connectivity before this batch, to record transitions.
+    // Connectivity before this batch, to record transitions, and when the stored latest health
+    // was observed: a buffered heartbeat older than that says nothing about the link now.
     let mut previous: HashMap<i64, String> = HashMap::new();
+    let mut stored_observed: HashMap<i64, Timestamp> = HashMap::new();
     let ids: Vec<Value> = {
         let mut ids: Vec<&str> = records.iter().map(|r| r.device.as_str()).collect();
         ids.sort_unstable();
@@ -80,12 +82,17 @@ pub async fn record<D: Db>(
     };
     for chunk in ids.chunks(CHUNK) {
         let sql = format!(
-            "SELECT id, seq, firmware, connectivity FROM devices WHERE id IN ({}) AND status <> 'decommissioned'",
+            "SELECT d.id, d.seq, d.firmware, d.connectivity,
+                    (SELECT h.observed_at FROM device_health h WHERE h.device_seq = d.seq)
+             FROM devices d WHERE d.id IN ({}) AND d.status <> 'decommissioned'",
             placeholders(1, chunk.len())
         );
         for row in db.query(&sql, chunk).await? {
             devices.insert(row.text(0)?, (row.int(1)?, row.text(2)?));
             previous.insert(row.int(1)?, row.text(3)?);
+            if let Some(at) = row.opt_int(4)? {
+                stored_observed.insert(row.int(1)?, Timestamp::from_millis(at));
+            }
         }
     }
 
@@ -96,8 +103,9 @@ pub async fn record<D: Db>(
     let mut latest: HashMap<i64, (Timestamp, Timestamp, Option<String>, String)> = HashMap::new();
     let mut seen: HashMap<i64, Timestamp> = HashMap::new();
     let mut firmware: HashMap<i64, Version> = HashMap::new();
-    // Per device: link state, link score and offline deadline from its newest heartbeat.
-    let mut reach: HashMap<i64, (Connectivity, u8, Timestamp)> = HashMap::new();
+    // Per device: link state, link score, offline deadline and observation time of its newest
+    // heartbeat.
+    let mut reach: HashMap<i64, (Connectivity, u8, Timestamp, Timestamp)> = HashMap::new();
     for record in &records {
         let Some((seq, stored_firmware)) = devices.get(record.device.as_str()) else {
             continue;
@@ -160,6 +168,7 @@ pub async fn record<D: Db>(
                     record
                         .received_at
                         .saturating_add(Duration::from_millis(grace)),
+                    observed,
                 ),
             );
         }
@@ -175,15 +184,31 @@ pub async fn record<D: Db>(
         )
         .await?;
     }
-    for (seq, (state, score, deadline)) in &reach {
-        db.execute(
-            "UPDATE devices SET connectivity = $1, link_score = $2, offline_after = $3 WHERE seq = $4",
-            &[Value::from(state.as_str()), Value::Int(i64::from(*score)), ts(*deadline), Value::Int(*seq)],
-        )
-        .await?;
+    for (seq, (state, score, deadline, observed)) in &reach {
         let before = previous.get(seq).map_or("unknown", String::as_str);
-        if before != state.as_str() {
-            record_transition(db, *seq, seen[seq], before, state.as_str()).await?;
+        // A reading older than the stored latest one does not speak for the link while the
+        // device is reachable: it only extends the deadline. After silence it is the only news.
+        let current = stored_observed
+            .get(seq)
+            .is_none_or(|stored| observed >= stored)
+            || matches!(before, "offline" | "unknown");
+        let after = if current {
+            db.execute(
+                "UPDATE devices SET connectivity = $1, link_score = $2, offline_after = $3 WHERE seq = $4",
+                &[Value::from(state.as_str()), Value::Int(i64::from(*score)), ts(*deadline), Value::Int(*seq)],
+            )
+            .await?;
+            state.as_str()
+        } else {
+            db.execute(
+                "UPDATE devices SET offline_after = CASE WHEN offline_after < $1 THEN $1 ELSE offline_after END WHERE seq = $2",
+                &[ts(*deadline), Value::Int(*seq)],
+            )
+            .await?;
+            before
+        };
+        if before != after {
+            record_transition(db, *seq, seen[seq], before, after).await?;
         }
     }
     for (seq, version) in &firmware {

@@ -108,8 +108,21 @@ contract_tests! {
         assert_eq!(store.mark_offline(at(31), 100).await.unwrap(), vec![id("quiet")]);
         assert_eq!(store.mark_offline(at(31), 100).await.unwrap(), vec![], "marked once");
         assert_eq!(state("quiet").await.0, Connectivity::Offline);
+        // After silence even a buffered, older reading is news: the device is reachable, and that
+        // reading is the latest word on its link.
+        let mut flushed = heartbeat("quiet", at(40), Some(at(-5)), None, &[("rssi_dbm", -120.0)]);
+        flushed.heartbeat.interval_s = Some(600);
+        store.record_heartbeats(vec![flushed], options).await.unwrap();
+        assert_eq!(state("quiet").await, (Connectivity::Degraded, Some(50)));
+        assert_eq!(store.mark_offline(at(69), 100).await.unwrap(), vec![], "deadline moved to 40 + 30");
+        assert_eq!(store.mark_offline(at(71), 100).await.unwrap(), vec![id("quiet")]);
         // "good" reports again and stays online; "weak" goes silent.
         store.record_heartbeats(vec![heartbeat("good", at(150), None, None, &[])], options).await.unwrap();
+        // A buffered reading older than the latest one extends the deadline but does not speak for
+        // the link now.
+        let late = heartbeat("good", at(160), Some(at(100)), None, &[("rssi_dbm", -120.0)]);
+        store.record_heartbeats(vec![late], options).await.unwrap();
+        assert_eq!(state("good").await, (Connectivity::Online, Some(100)));
         assert_eq!(store.mark_offline(at(200), 1).await.unwrap(), vec![id("weak")]);
         assert_eq!(store.mark_offline(at(200), 1).await.unwrap(), vec![]);
         assert_eq!(ids_matching(&store, "connectivity = offline").await, strings(&["quiet", "weak"]));
