@@ -176,14 +176,8 @@ pub async fn record<D: Db>(
         *last = (*last).max(record.received_at);
     }
 
-    // Last seen, and firmware where the device reports a different one.
-    for (seq, at) in &seen {
-        db.execute(
-            "UPDATE devices SET last_seen = $1 WHERE seq = $2 AND last_seen < $1",
-            &[ts(*at), Value::Int(*seq)],
-        )
-        .await?;
-    }
+    // Last seen and connectivity: one statement per device. Every device in the batch has an
+    // entry in `reach` (its first heartbeat is always its newest so far).
     for (seq, (state, score, deadline, observed)) in &reach {
         let before = previous.get(seq).map_or("unknown", String::as_str);
         // A reading older than the stored latest one does not speak for the link while the
@@ -192,23 +186,28 @@ pub async fn record<D: Db>(
             .get(seq)
             .is_none_or(|stored| observed >= stored)
             || matches!(before, "offline" | "unknown");
+        let last_seen = seen[seq];
         let after = if current {
             db.execute(
-                "UPDATE devices SET connectivity = $1, link_score = $2, offline_after = $3 WHERE seq = $4",
-                &[Value::from(state.as_str()), Value::Int(i64::from(*score)), ts(*deadline), Value::Int(*seq)],
+                "UPDATE devices SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END,
+                        connectivity = $2, link_score = $3, offline_after = $4
+                 WHERE seq = $5",
+                &[ts(last_seen), Value::from(state.as_str()), Value::Int(i64::from(*score)), ts(*deadline), Value::Int(*seq)],
             )
             .await?;
             state.as_str()
         } else {
             db.execute(
-                "UPDATE devices SET offline_after = CASE WHEN offline_after < $1 THEN $1 ELSE offline_after END WHERE seq = $2",
-                &[ts(*deadline), Value::Int(*seq)],
+                "UPDATE devices SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END,
+                        offline_after = CASE WHEN offline_after < $2 THEN $2 ELSE offline_after END
+                 WHERE seq = $3",
+                &[ts(last_seen), ts(*deadline), Value::Int(*seq)],
             )
             .await?;
             before
         };
         if before != after {
-            record_transition(db, *seq, seen[seq], before, after).await?;
+            record_transition(db, *seq, last_seen, before, after).await?;
         }
     }
     for (seq, version) in &firmware {
@@ -218,16 +217,30 @@ pub async fn record<D: Db>(
         )
         .await?;
     }
-    // Latest health: only replaced by a newer observation (buffered heartbeats arrive late).
-    for (seq, (observed, received, slot, metrics)) in &latest {
-        db.execute(
-            "INSERT INTO device_health (device_seq, observed_at, received_at, metrics, boot_slot) VALUES ($1, $2, $3, $4, $5)
+    // Latest health: only replaced by a newer observation (buffered heartbeats arrive late). One
+    // multi-row upsert per chunk; each device appears once.
+    let latest: Vec<_> = latest.into_iter().collect();
+    for chunk in latest.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO device_health (device_seq, observed_at, received_at, metrics, boot_slot) VALUES {}
              ON CONFLICT (device_seq) DO UPDATE SET observed_at = excluded.observed_at, received_at = excluded.received_at,
                  metrics = excluded.metrics, boot_slot = excluded.boot_slot
              WHERE device_health.observed_at <= excluded.observed_at",
-            &[Value::Int(*seq), ts(*observed), ts(*received), Value::from(metrics.as_str()), Value::from(slot.clone().unwrap_or_default())],
-        )
-        .await?;
+            value_rows(chunk.len(), 5)
+        );
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|(seq, (observed, received, slot, metrics))| {
+                [
+                    Value::Int(*seq),
+                    ts(*observed),
+                    ts(*received),
+                    Value::from(metrics.as_str()),
+                    Value::from(slot.clone().unwrap_or_default()),
+                ]
+            })
+            .collect();
+        db.execute(&sql, &params).await?;
     }
     for chunk in samples.chunks(CHUNK) {
         let sql = format!(
