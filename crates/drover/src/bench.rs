@@ -65,7 +65,7 @@ pub struct RegistryArgs {
 /// recency and a negated glob.
 pub const EXAMPLE_QUERY: &str = r#"tags.env = prod AND firmware < 2.3.0 AND hw_rev IN (rev2, "rev2.1") AND last_seen < now-10m AND NOT site ~ "berlin-*""#;
 
-const BENCH_TOKEN: &str = "drv_bench_admin_token_0000000000";
+pub(crate) const BENCH_TOKEN: &str = "drv_bench_admin_token_0000000000";
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -285,27 +285,11 @@ async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
         server.store.backend_name()
     );
 
-    // Enrol the devices and keep their credentials.
-    let mut credentials = Vec::with_capacity(args.devices);
-    for chunk_start in (0..args.devices).step_by(64) {
-        let requests = (chunk_start..(chunk_start + 64).min(args.devices)).map(|idx| {
-            let http = http.clone();
-            let base = base.clone();
-            async move {
-                let response = http
-                    .post(format!("{base}/api/v1/devices"))
-                    .bearer_auth(BENCH_TOKEN)
-                    .json(&serde_json::json!({ "id": format!("hb-{idx:06}"), "device_type": "sensor", "firmware": "2.3.0", "issue_credential": true }))
-                    .send()
-                    .await?;
-                let body: Value = response.json().await?;
-                body["credential"].as_str().map(str::to_owned).context("no credential in response")
-            }
-        });
-        for credential in futures::future::join_all(requests).await {
-            credentials.push(credential?);
-        }
-    }
+    let credentials: Vec<String> = enrol(&base, "hb", args.devices)
+        .await?
+        .into_iter()
+        .map(|(_, credential)| credential)
+        .collect();
     let credentials = std::sync::Arc::new(credentials);
 
     // Anchor: the same server, clients and connections answering /healthz (no auth, no database).
@@ -379,6 +363,37 @@ async fn heartbeats(args: HeartbeatArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await?;
     Ok(())
+}
+
+/// Registers `n` active devices with credentials through the admin API.
+pub(crate) async fn enrol(
+    base: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let http = reqwest::Client::new();
+    let mut devices = Vec::with_capacity(n);
+    for chunk_start in (0..n).step_by(64) {
+        let requests = (chunk_start..(chunk_start + 64).min(n)).map(|idx| {
+            let (http, base) = (http.clone(), base.to_owned());
+            let id = format!("{prefix}-{idx:06}");
+            async move {
+                let response = http
+                    .post(format!("{base}/api/v1/devices"))
+                    .bearer_auth(BENCH_TOKEN)
+                    .json(&serde_json::json!({ "id": id, "device_type": "sensor", "firmware": "2.3.0", "issue_credential": true }))
+                    .send()
+                    .await?;
+                let body: Value = response.json().await?;
+                let credential = body["credential"].as_str().context("no credential in response")?;
+                Ok::<_, anyhow::Error>((id, credential.to_owned()))
+            }
+        });
+        for device in futures::future::join_all(requests).await {
+            devices.push(device?);
+        }
+    }
+    Ok(devices)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -19,10 +19,9 @@ use drover_core::DeviceId;
 use drover_server::mqtt::MqttConfig;
 use drover_server::ServerConfig;
 use drover_store::testing::TempDir;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
 
-const BENCH_TOKEN: &str = "drv_bench_admin_token_0000000000";
+use crate::bench::{enrol, BENCH_TOKEN};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[derive(Debug, Args)]
 pub struct MqttArgs {
@@ -73,33 +72,6 @@ fn heartbeat_payload(i: u64, batch: usize) -> Vec<u8> {
         serde_json::json!({ "heartbeats": (0..batch as u64).map(|k| one(i + k)).collect::<Vec<_>>() })
     };
     serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// Registers `n` active devices with credentials through the admin API.
-async fn enrol(base: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let http = reqwest::Client::new();
-    let mut devices = Vec::with_capacity(n);
-    for chunk_start in (0..n).step_by(64) {
-        let requests = (chunk_start..(chunk_start + 64).min(n)).map(|idx| {
-            let (http, base) = (http.clone(), base.to_owned());
-            let id = format!("{prefix}-{idx:06}");
-            async move {
-                let response = http
-                    .post(format!("{base}/api/v1/devices"))
-                    .bearer_auth(BENCH_TOKEN)
-                    .json(&serde_json::json!({ "id": id, "device_type": "sensor", "firmware": "2.3.0", "issue_credential": true }))
-                    .send()
-                    .await?;
-                let body: Value = response.json().await?;
-                let credential = body["credential"].as_str().context("no credential in response")?;
-                Ok::<_, anyhow::Error>((id, credential.to_owned()))
-            }
-        });
-        for device in futures::future::join_all(requests).await {
-            devices.push(device?);
-        }
-    }
-    Ok(devices)
 }
 
 fn address(url: &str) -> anyhow::Result<(String, u16)> {

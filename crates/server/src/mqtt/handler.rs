@@ -51,21 +51,17 @@ impl DeviceMessages {
                 Ok(_) => vec![],
                 Err(error) => vec![self.reject(mqtt::heartbeat_rejected(device), error, None)],
             },
-            Inbound::ShadowGet(name) => {
-                let token = client_token(payload);
-                match self.shadow_get(device, name.as_ref()).await {
-                    Ok(document) => vec![json(
-                        mqtt::shadow_get_result(device, name.as_ref(), true),
-                        &document,
-                    )],
-                    Err(error) => {
-                        let topic = mqtt::shadow_get_result(device, name.as_ref(), false);
-                        vec![self.reject(topic, error, token)]
-                    }
+            Inbound::ShadowGet(name) => match self.shadow_get(device, name.as_ref()).await {
+                Ok(document) => vec![json(
+                    mqtt::shadow_get_result(device, name.as_ref(), true),
+                    &document,
+                )],
+                Err(error) => {
+                    let topic = mqtt::shadow_get_result(device, name.as_ref(), false);
+                    vec![self.reject(topic, error, client_token(payload))]
                 }
-            }
+            },
             Inbound::ShadowUpdate(name) => {
-                let token = client_token(payload);
                 match self.shadow_update(device, name.as_ref(), payload).await {
                     Ok(accepted) => {
                         vec![json(
@@ -75,7 +71,7 @@ impl DeviceMessages {
                     }
                     Err(error) => {
                         let topic = mqtt::shadow_update_result(device, name.as_ref(), false);
-                        vec![self.reject(topic, error, token)]
+                        vec![self.reject(topic, error, client_token(payload))]
                     }
                 }
             }
@@ -186,7 +182,8 @@ fn too_large(len: usize, max: usize) -> ApiError {
     )
 }
 
-/// The `clientToken` of a request, to echo in its rejection (best effort: the payload may be bad).
+/// The `clientToken` of a refused request, to echo in its rejection (best effort: the payload may
+/// be bad). Parsed only on this path, so accepted requests are parsed once.
 fn client_token(payload: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(payload).ok()?;
     let token = value.get("clientToken")?.as_str()?;
