@@ -47,23 +47,36 @@ pub enum RunError {
 /// Runs `command` without a shell and waits for it, its output included, up to the timeout.
 pub fn run(command: &Path, options: &RunOptions<'_>) -> Result<Finished, RunError> {
     let deadline = Instant::now() + options.timeout;
-    let mut child = Command::new(command)
-        .envs(options.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if options.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(if options.capture_stderr {
-            Stdio::piped()
-        } else {
-            Stdio::inherit()
-        })
-        // Its own process group, so that the timeout can kill everything it started.
-        .process_group(0)
-        .spawn()
-        .map_err(RunError::Start)?;
+    let spawn = || {
+        Command::new(command)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(if options.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(if options.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
+            // Its own process group, so that the timeout can kill everything it started.
+            .process_group(0)
+            .spawn()
+    };
+    // "Text file busy": the executable was just written and a process forked meanwhile (by any
+    // thread) still holds it open for writing until it execs. That passes within milliseconds.
+    let mut attempts = 0;
+    let mut child = loop {
+        match spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 10 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => break result.map_err(RunError::Start)?,
+        }
+    };
     if let (Some(mut pipe), Some(input)) = (child.stdin.take(), options.stdin) {
         // A thread, so a command that does not read its input cannot block the agent; a command
         // that exits without reading it makes the write fail, which is its business.
