@@ -15,6 +15,8 @@ use serde_json::Value;
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Binary delta size, generation and apply time and apply memory (anchors: bsdiff, zstd --patch-from).
+    Delta(crate::bench_delta::DeltaArgs),
     /// Import a synthetic fleet and time queries, counts and dynamic groups.
     Registry(RegistryArgs),
     /// Drive heartbeats over HTTP (single or batched) and measure durable throughput and latency.
@@ -73,6 +75,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Heartbeats(args) => heartbeats(args).await,
         BenchCommand::Mqtt(args) => crate::bench_mqtt::mqtt(args).await,
         BenchCommand::MqttIdle(args) => crate::bench_mqtt::idle(args).await,
+        BenchCommand::Delta(args) => crate::bench_delta::run(args).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`cli`]: admin subcommands (devices, groups, claims, tokens, audit), output and exit codes.
 
 pub mod bench;
+mod bench_delta;
 mod bench_mqtt;
 pub mod cli;
 pub mod serve;
