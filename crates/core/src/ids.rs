@@ -180,6 +180,11 @@ string_newtype!(
     DeviceType, "device type", |v| check_slug("device type", v, 64, false)
 );
 string_newtype!(
+    /// A firmware artifact's name (the product image it is a version of), e.g. `sensor-hub-fw`: same
+    /// rule as a group name. It appears in URLs and TUF target paths.
+    ArtifactName, "artifact name", |v| check_slug("artifact name", v, 64, false)
+);
+string_newtype!(
     /// A hardware id or serial number: 1–128 printable characters without whitespace.
     HardwareId, "hardware id", |v| {
         check_text("hardware id", v, 128, false).and_then(|()| {

@@ -22,6 +22,6 @@ pub mod time;
 pub mod version;
 
 pub use device::{Connectivity, Device, DeviceStatus, LinkQuality};
-pub use ids::{DeviceId, DeviceType, GroupName, HardwareId, Label, TagKey, TagValue};
+pub use ids::{ArtifactName, DeviceId, DeviceType, GroupName, HardwareId, Label, TagKey, TagValue};
 pub use time::{Duration, Timestamp};
 pub use version::Version;

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// embedded one.
     #[arg(long, env = "DROVER_MQTT_BROKER", hide_env_values = true)]
     pub mqtt_broker: Option<String>,
+    /// Where artifact files are kept: file:DIR or s3://BUCKET[/PREFIX] [default: file:<data-dir>/artifacts].
+    #[arg(long, env = "DROVER_ARTIFACT_STORE")]
+    pub artifact_store: Option<String>,
 }
 
 /// How logs are written to stderr.
@@ -77,6 +80,16 @@ pub struct FileConfig {
     pub mqtt_group: Option<String>,
     /// This replica's MQTT client id on the external broker (default `drover-<host>-<pid>`).
     pub mqtt_client_id: Option<String>,
+    /// Where artifact files are kept: `file:DIR` or `s3://BUCKET[/PREFIX]`.
+    pub artifact_store: Option<String>,
+    /// object_store options for S3 (`aws_endpoint`, `aws_region`, `aws_allow_http`, …).
+    pub artifact_store_options: Option<std::collections::BTreeMap<String, String>>,
+    /// Largest artifact image accepted, in bytes (default 4 GiB).
+    pub max_artifact_bytes: Option<u64>,
+    /// How long a device may stay silent mid-deployment before it times out, e.g. `1h`.
+    pub deployment_step_timeout: Option<String>,
+    /// The TUF root key file used to create the repository on first start.
+    pub tuf_root_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -141,6 +154,29 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
         config.ingest.options.offline_grace = grace;
     }
     config.mqtt = mqtt;
+    if let Some(url) = args.artifact_store.clone().or(file.artifact_store) {
+        config.artifacts.url = url;
+    }
+    if let Some(options) = file.artifact_store_options {
+        config.artifacts.options = options;
+    }
+    if let Some(n) = file.max_artifact_bytes {
+        if n == 0 {
+            bail!("max_artifact_bytes must be positive");
+        }
+        config.max_artifact_bytes = n;
+    }
+    if let Some(text) = &file.deployment_step_timeout {
+        let timeout = drover_core::Duration::parse(text)
+            .map_err(|e| anyhow::anyhow!("deployment_step_timeout: {e}"))?;
+        if timeout.as_millis() < 60_000 {
+            bail!("deployment_step_timeout must be at least 1m, got {text}");
+        }
+        config.deployment_step_timeout = timeout;
+    }
+    if let Some(path) = file.tuf_root_key {
+        config.tuf.root_key_file = path;
+    }
     config.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     if let Some(token) = &config.admin_token {
         if token.len() < 16 {
@@ -271,6 +307,7 @@ pub async fn recover_admin(args: RecoverArgs) -> anyhow::Result<()> {
         log_format: None,
         mqtt_listen: None,
         mqtt_broker: None,
+        artifact_store: None,
     };
     let (config, _) = build_config(&serve_args)?;
     let store =

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`error`]: the one error body every endpoint returns.
+//! - [`artifacts`]: firmware artifacts, their deltas and single-device deployments (admin API).
 //! - [`devices`]: device registry requests and views, import and bulk update.
 //! - [`groups`]: static and dynamic groups.
 //! - [`auth`]: operator API tokens, roles and claim tokens.
@@ -15,7 +16,9 @@
 //! - [`device_api`]: what devices send and receive (provisioning, whoami).
 //! - [`shadow`]: device shadow documents, updates, deltas (both APIs).
 //! - [`mqtt`]: the MQTT topic layout of the device API.
+//! - [`update`]: over-the-air updates: the offer, the device's step reports, the signed target facts.
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod device_api;
@@ -24,6 +27,7 @@ pub mod error;
 pub mod groups;
 pub mod mqtt;
 pub mod shadow;
+pub mod update;
 
 /// A page of results with an opaque cursor for the next one (keyset pagination: stable while rows
 /// are added or removed elsewhere in the list).

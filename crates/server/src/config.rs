@@ -28,6 +28,15 @@ pub struct ServerConfig {
     pub offline_check: std::time::Duration,
     /// The MQTT device API: embedded broker (default), external broker, or off.
     pub mqtt: crate::mqtt::MqttConfig,
+    /// Where artifact files are kept: a local directory (default, under the data directory) or an
+    /// S3-compatible bucket.
+    pub artifacts: crate::storage::StorageConfig,
+    /// Largest artifact image (and debug-symbols file) accepted, in bytes.
+    pub max_artifact_bytes: u64,
+    /// How long a device may stay silent in the middle of a deployment before it times out.
+    pub deployment_step_timeout: drover_core::Duration,
+    /// The TUF repository: signature lifetimes and where the offline root key lives.
+    pub tuf: crate::ota::TufConfig,
 }
 
 impl ServerConfig {
@@ -49,6 +58,13 @@ impl ServerConfig {
                     .parse()
                     .expect("valid default address"),
             },
+            artifacts: crate::storage::StorageConfig {
+                url: format!("file:{}", data_dir.join("artifacts").display()),
+                options: Default::default(),
+            },
+            max_artifact_bytes: 4 << 30,
+            deployment_step_timeout: drover_core::Duration::from_secs(3600),
+            tuf: crate::ota::TufConfig::with_data_dir(data_dir),
         }
     }
 

@@ -26,8 +26,11 @@ pub mod ingest;
 mod metrics;
 pub mod mqtt;
 mod openapi;
+pub mod ota;
 mod routes;
 pub mod shadow_hub;
+pub mod storage;
+pub mod tuf_repo;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +56,10 @@ pub struct AppState {
     token_touches: Arc<Mutex<HashMap<String, Instant>>>,
     /// Devices whose credentials were just revoked, for the embedded MQTT broker to disconnect.
     revocations: tokio::sync::broadcast::Sender<drover_core::DeviceId>,
+    /// Artifact files.
+    storage: storage::Storage,
+    /// One delta is built at a time: generation holds both images and a suffix array in memory.
+    delta_builds: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -142,10 +149,20 @@ pub async fn start(
     )
     .await
     .with_context(|| format!("cannot open the store at {}", config.redacted_store_url()))?;
+    let storage = storage::Storage::open(&config.artifacts)
+        .with_context(|| format!("cannot open artifact storage {}", config.artifacts.url))?;
+    storage
+        .check()
+        .await
+        .with_context(|| format!("cannot reach artifact storage {}", storage.description))?;
+    tuf_repo::init(&store, &config.tuf, now())
+        .await
+        .context("cannot create the TUF repository")?;
     let admin_token = config.admin_token.clone();
     let addr = listener.local_addr()?;
     let sample_retention = config.sample_retention;
     let offline_check = config.offline_check;
+    let tuf_config = config.tuf.clone();
     let metrics = Arc::new(metrics::Metrics::new());
     let shadows = shadow_hub::ShadowHub::new();
     let state = AppState {
@@ -156,6 +173,8 @@ pub async fn start(
         shadows: shadows.clone(),
         token_touches: Arc::default(),
         revocations: tokio::sync::broadcast::channel(256).0,
+        storage,
+        delta_builds: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let messages = mqtt::handler::DeviceMessages::new(state.clone());
     let mqtt_addr = mqtt_listener.as_ref().map(|l| l.local_addr());
@@ -190,6 +209,15 @@ pub async fn start(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
     let detector = tokio::spawn(offline_detector(store.clone(), metrics, offline_check));
+    let timeouts = tokio::spawn(ota::deployment_timeouts(
+        store.clone(),
+        std::time::Duration::from_secs(10),
+    ));
+    let resign = tokio::spawn(ota::tuf_refresh(
+        store.clone(),
+        tuf_config,
+        std::time::Duration::from_secs(60),
+    ));
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -205,6 +233,8 @@ pub async fn start(
         // Background loops live exactly as long as the server.
         housekeeping.abort();
         detector.abort();
+        timeouts.abort();
+        resign.abort();
         if let Some(transport) = mqtt_transport {
             transport.shutdown().await;
         }

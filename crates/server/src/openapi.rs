@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{audit, auth, device_api, devices, groups, shadow};
+use crate::routes::{artifacts, audit, auth, device_api, devices, groups, shadow, tuf, updates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,10 @@ use crate::routes::{audit, auth, device_api, devices, groups, shadow};
         shadow::get, shadow::update, shadow::delete, shadow::list,
         device_api::provision, device_api::whoami, device_api::heartbeat, device_api::heartbeats,
         shadow::device_get, shadow::device_update, shadow::device_delta,
+        artifacts::upload, artifacts::list, artifacts::get, artifacts::delete, artifacts::image, artifacts::symbols,
+        artifacts::create_deployment, artifacts::list_deployments, artifacts::cancel_deployment,
+        tuf::root, tuf::publish_root, tuf::add_key,
+        updates::next, updates::report, updates::metadata, updates::target,
     ),
     components(schemas(drover_proto::devices::OnConflict)),
     modifiers(&SecuritySchemes),
@@ -30,6 +34,9 @@ use crate::routes::{audit, auth, device_api, devices, groups, shadow};
         (name = "auth", description = "Operator tokens and claim tokens"),
         (name = "audit", description = "Audit log"),
         (name = "shadows", description = "Device shadows: desired and reported state"),
+        (name = "artifacts", description = "Firmware artifacts and their deltas"),
+        (name = "deployments", description = "Installing an artifact on one device"),
+        (name = "tuf", description = "The TUF repository: root rotation and online keys"),
         (name = "device", description = "Device API"),
     )
 )]

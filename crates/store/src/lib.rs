@@ -26,7 +26,8 @@ use drover_core::query::Query;
 use drover_core::shadow::{
     ShadowDocument, ShadowError, ShadowLimits, ShadowName, ShadowUpdate, UpdateOutcome,
 };
-use drover_core::{Device, DeviceId, GroupName, Timestamp};
+use drover_core::{ArtifactName, Device, DeviceId, GroupName, Timestamp, Version};
+use drover_proto::artifacts::{ArtifactView, DeploymentView, NewDeployment};
 use drover_proto::audit::AuditEntry;
 use drover_proto::auth::{ClaimView, NewClaim, NewToken, TokenView};
 use drover_proto::devices::{
@@ -34,15 +35,21 @@ use drover_proto::devices::{
 };
 use drover_proto::groups::{GroupPatch, GroupView, NewGroup};
 use drover_proto::shadow::ShadowSummary;
+use drover_proto::update::{DeploymentId, DeploymentReport};
 use drover_proto::Page;
 
+pub use ops::artifacts::{
+    ArtifactRef, NewArtifact, NewDelta, PublishedTarget, StoredObject, TargetFile,
+};
 pub use ops::audit::AuditFilter;
 pub use ops::auth::{Actor, TokenAuth};
+pub use ops::deployments::Offer;
 pub use ops::devices::{ImportMsg, ImportRow};
 pub use ops::health::{
     CohortRollup, ConnectivityChange, DeviceHealth, HeartbeatRecord, IngestOptions,
 };
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
+pub use ops::tuf::{StoredKey, StoredMetadata};
 
 use crate::db::Db;
 use crate::postgres::PgBackend;
@@ -548,6 +555,280 @@ impl Store {
         let id = id.clone();
         with_db!(self, read, |db| ops::groups::device_groups(db, &id, now)
             .await)
+    }
+
+    // ---- artifacts and deployments ----------------------------------------------------------------
+
+    /// Refuses an artifact name and version that exist already (checked before an upload starts).
+    pub async fn check_new_artifact(
+        &self,
+        name: &ArtifactName,
+        version: &Version,
+    ) -> Result<(), StoreError> {
+        let (name, version) = (name.clone(), version.clone());
+        with_db!(self, read, |db| ops::artifacts::check_new(
+            db, &name, &version
+        )
+        .await)
+    }
+
+    /// Records an artifact whose bytes are in the object store.
+    pub async fn insert_artifact(
+        &self,
+        actor: &Actor,
+        new: NewArtifact,
+        now: Timestamp,
+    ) -> Result<ArtifactView, StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::artifacts::insert(
+            db, &actor, new, now
+        )
+        .await)
+    }
+
+    /// One artifact with its deltas.
+    pub async fn get_artifact(
+        &self,
+        name: &ArtifactName,
+        version: &Version,
+    ) -> Result<ArtifactView, StoreError> {
+        let (name, version) = (name.clone(), version.clone());
+        with_db!(self, read, |db| ops::artifacts::get(db, &name, &version)
+            .await)
+    }
+
+    /// Looks an artifact up by name and version (for deploying and building deltas).
+    pub async fn find_artifact(
+        &self,
+        name: &ArtifactName,
+        version: &Version,
+    ) -> Result<ArtifactRef, StoreError> {
+        let (name, version) = (name.clone(), version.clone());
+        with_db!(self, read, |db| ops::artifacts::find(db, &name, &version)
+            .await)
+    }
+
+    /// Every version of an artifact, newest first.
+    pub async fn artifact_versions(
+        &self,
+        name: &ArtifactName,
+    ) -> Result<Vec<ArtifactRef>, StoreError> {
+        let name = name.clone();
+        with_db!(self, read, |db| ops::artifacts::versions(db, &name).await)
+    }
+
+    /// Artifacts, newest upload first.
+    pub async fn list_artifacts(
+        &self,
+        name: Option<&ArtifactName>,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ArtifactView>, StoreError> {
+        let name = name.cloned();
+        with_db!(self, read, |db| ops::artifacts::list(
+            db,
+            name.as_ref(),
+            before_seq,
+            limit
+        )
+        .await)
+    }
+
+    /// Deletes an artifact unless it is being deployed; returns the object keys to remove.
+    pub async fn delete_artifact(
+        &self,
+        actor: &Actor,
+        name: &ArtifactName,
+        version: &Version,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        let (actor, name, version) = (actor.clone(), name.clone(), version.clone());
+        with_db!(self, write, |db| ops::artifacts::delete(
+            db, &actor, &name, &version, now
+        )
+        .await)
+    }
+
+    /// Whether any artifact or delta still references object `key`.
+    pub async fn object_in_use(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        with_db!(self, read, |db| ops::artifacts::object_in_use(db, &key)
+            .await)
+    }
+
+    /// The image or delta published under a TUF target path.
+    pub async fn target_file(&self, path: &str) -> Result<Option<TargetFile>, StoreError> {
+        let path = path.to_owned();
+        with_db!(self, read, |db| ops::artifacts::target_file(db, &path)
+            .await)
+    }
+
+    /// An artifact's debug-symbols file.
+    pub async fn artifact_symbols(
+        &self,
+        name: &ArtifactName,
+        version: &Version,
+    ) -> Result<Option<StoredObject>, StoreError> {
+        let (name, version) = (name.clone(), version.clone());
+        with_db!(self, read, |db| ops::artifacts::symbols(
+            db, &name, &version
+        )
+        .await)
+    }
+
+    /// Every image and delta the TUF targets metadata lists.
+    pub async fn published_targets(&self) -> Result<Vec<PublishedTarget>, StoreError> {
+        with_db!(self, read, |db| ops::artifacts::published(db).await)
+    }
+
+    /// Records a delta the server built.
+    pub async fn insert_delta(&self, delta: NewDelta, now: Timestamp) -> Result<(), StoreError> {
+        with_db!(self, write, |db| ops::artifacts::insert_delta(
+            db, delta, now
+        )
+        .await)
+    }
+
+    /// Creates a deployment of an artifact to one device.
+    pub async fn create_deployment(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        new: NewDeployment,
+        now: Timestamp,
+    ) -> Result<DeploymentView, StoreError> {
+        let (actor, device) = (actor.clone(), device.clone());
+        with_db!(self, write, |db| ops::deployments::create(
+            db, &actor, &device, &new, now
+        )
+        .await)
+    }
+
+    /// One deployment with its history.
+    pub async fn get_deployment(&self, id: DeploymentId) -> Result<DeploymentView, StoreError> {
+        with_db!(self, read, |db| ops::deployments::get(db, id).await)
+    }
+
+    /// A device's deployments, newest first.
+    pub async fn device_deployments(
+        &self,
+        device: &DeviceId,
+        limit: usize,
+    ) -> Result<Vec<DeploymentView>, StoreError> {
+        let device = device.clone();
+        with_db!(self, read, |db| ops::deployments::list_for_device(
+            db, &device, limit
+        )
+        .await)
+    }
+
+    /// What the device should install now.
+    pub async fn deployment_offer(&self, device: &DeviceId) -> Result<Option<Offer>, StoreError> {
+        let device = device.clone();
+        with_db!(self, read, |db| ops::deployments::offer(db, &device).await)
+    }
+
+    /// Applies a device's step report.
+    pub async fn report_deployment(
+        &self,
+        device: &DeviceId,
+        id: DeploymentId,
+        report: DeploymentReport,
+        now: Timestamp,
+        step_timeout: drover_core::Duration,
+    ) -> Result<DeploymentView, StoreError> {
+        let device = device.clone();
+        with_db!(self, write, |db| ops::deployments::report(
+            db,
+            &device,
+            id,
+            &report,
+            now,
+            step_timeout
+        )
+        .await)
+    }
+
+    /// Cancels an unfinished deployment.
+    pub async fn cancel_deployment(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        id: DeploymentId,
+        now: Timestamp,
+    ) -> Result<DeploymentView, StoreError> {
+        let (actor, device) = (actor.clone(), device.clone());
+        with_db!(self, write, |db| ops::deployments::cancel(
+            db, &actor, &device, id, now
+        )
+        .await)
+    }
+
+    /// Times out deployments whose device went silent; returns them.
+    pub async fn time_out_deployments(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DeploymentId>, StoreError> {
+        with_db!(self, write, |db| ops::deployments::time_out(db, now, limit)
+            .await)
+    }
+
+    // ---- TUF repository --------------------------------------------------------------------------
+
+    /// Stores new metadata versions and prunes old non-root versions, in one transaction: a
+    /// snapshot and the timestamp naming it appear together or not at all.
+    pub async fn publish_tuf_metadata(
+        &self,
+        files: Vec<StoredMetadata>,
+        keep: i64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        with_db!(self, write, |db| {
+            for file in &files {
+                ops::tuf::put(db, file, now).await?;
+                if file.role != "root" {
+                    ops::tuf::prune(db, &file.role, keep).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The newest version of a role's metadata.
+    pub async fn latest_tuf_metadata(
+        &self,
+        role: &str,
+    ) -> Result<Option<StoredMetadata>, StoreError> {
+        let role = role.to_owned();
+        with_db!(self, read, |db| ops::tuf::latest(db, &role).await)
+    }
+
+    /// One version of a role's metadata.
+    pub async fn tuf_metadata(
+        &self,
+        role: &str,
+        version: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let role = role.to_owned();
+        with_db!(self, read, |db| ops::tuf::get(db, &role, version).await)
+    }
+
+    /// Stores an online signing key.
+    pub async fn put_tuf_key(&self, key: StoredKey, now: Timestamp) -> Result<(), StoreError> {
+        with_db!(self, write, |db| ops::tuf::put_key(db, &key, now).await)
+    }
+
+    /// The online keys of a role.
+    pub async fn tuf_keys(&self, role: &str) -> Result<Vec<StoredKey>, StoreError> {
+        let role = role.to_owned();
+        with_db!(self, read, |db| ops::tuf::keys(db, &role).await)
+    }
+
+    /// Removes an online key.
+    pub async fn delete_tuf_key(&self, keyid: &str) -> Result<(), StoreError> {
+        let keyid = keyid.to_owned();
+        with_db!(self, write, |db| ops::tuf::delete_key(db, &keyid).await)
     }
 
     // ---- health ---------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_connectivity.sql"),
         postgres: include_str!("../migrations/postgres/0004_connectivity.sql"),
     },
+    Migration {
+        version: 5,
+        name: "ota",
+        sqlite: include_str!("../migrations/sqlite/0005_ota.sql"),
+        postgres: include_str!("../migrations/postgres/0005_ota.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying Drover's migration lock.

@@ -136,6 +136,44 @@ impl Client {
         self.send(request).await
     }
 
+    /// `POST /api/v1/<path>` with a `multipart/form-data` body (artifact uploads).
+    pub async fn upload_form(
+        &self,
+        path: &[&str],
+        form: reqwest::multipart::Form,
+    ) -> Result<Value, CliError> {
+        self.send(self.request(Method::POST, path).multipart(form))
+            .await
+    }
+
+    /// `GET /api/v1/<path>` answered with a file: the response (200 or 206) to stream, or the
+    /// failure as a [`CliError`]. `range_from` asks for the bytes from that offset on, guarded by
+    /// `if_range` (the ETag of the partial file) so a changed file is sent whole.
+    pub async fn download(
+        &self,
+        path: &[&str],
+        range_from: Option<(u64, String)>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut request = self.request(Method::GET, path);
+        if let Some((offset, etag)) = range_from {
+            request = request
+                .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+                .header(reqwest::header::IF_RANGE, etag);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(http_error(status, &text))
+    }
+
+    /// Maps a failure while reading a response body.
+    pub fn body_error(&self, error: &reqwest::Error) -> CliError {
+        self.transport_error(error)
+    }
+
     fn request(&self, method: Method, path: &[&str]) -> RequestBuilder {
         let segments: Vec<&str> = ["api", "v1"]
             .into_iter()

@@ -25,14 +25,17 @@
 //! - [`output`]: aligned tables, key-value blocks, time formatting, the upload progress line.
 //! - [`paging`]: one page with a hint for the next, or every page with `--all`.
 //! - [`devices`] (with [`import`]), [`groups`], [`auth`] (claims, tokens, whoami), [`audit`],
-//!   [`query`], [`shadow`]: the commands.
+//!   [`query`], [`shadow`], [`artifacts`] (artifacts and deployments), [`keys`] (offline TUF
+//!   keys): the commands.
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod groups;
 pub mod import;
+pub mod keys;
 pub mod output;
 pub mod paging;
 pub mod query;
@@ -100,6 +103,15 @@ pub enum AdminCommand {
     /// Device shadows: set desired state, see what the device reports and what it has yet to do.
     #[command(subcommand)]
     Shadow(shadow::ShadowCommand),
+    /// Firmware artifacts: upload from CI, list, show, download, delete.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
+    /// Install an artifact on one device and follow its progress.
+    #[command(subcommand)]
+    Deployments(artifacts::DeploymentsCommand),
+    /// TUF signing keys kept offline: generate, rotate the root, sign, publish.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// Runs an admin subcommand, prints any error and maps it to the exit code.
@@ -114,8 +126,13 @@ pub async fn run(options: ClientOptions, command: AdminCommand) -> ExitCode {
 }
 
 async fn dispatch(options: &ClientOptions, command: AdminCommand) -> Result<(), CliError> {
-    let client = Client::new(options)?;
     let json = options.json;
+    // Key files can be made and signed without a server or token.
+    let command = match command {
+        AdminCommand::Keys(command) => return keys::run(Client::new(options), json, command).await,
+        other => other,
+    };
+    let client = Client::new(options)?;
     match command {
         AdminCommand::Devices(command) => devices::run(&client, json, command).await,
         AdminCommand::Groups(command) => groups::run(&client, json, command).await,
@@ -125,6 +142,11 @@ async fn dispatch(options: &ClientOptions, command: AdminCommand) -> Result<(), 
         AdminCommand::Audit(args) => audit::run(&client, json, args).await,
         AdminCommand::Query(command) => query::run(&client, json, command).await,
         AdminCommand::Shadow(command) => shadow::run(&client, json, command).await,
+        AdminCommand::Artifacts(command) => artifacts::run(&client, json, command).await,
+        AdminCommand::Deployments(command) => {
+            artifacts::run_deployments(&client, json, command).await
+        }
+        AdminCommand::Keys(_) => unreachable!("handled above"),
     }
 }
 

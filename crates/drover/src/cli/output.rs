@@ -203,16 +203,17 @@ pub fn bytes(n: u64) -> String {
 
 /// The text of the upload progress line.
 pub fn progress_line(sent: u64, total: Option<u64>) -> String {
+    transfer_line("uploading", sent, total)
+}
+
+/// The text of a transfer's progress line: `uploading 1.0 MiB / 4.0 MiB (25%)`.
+fn transfer_line(verb: &str, sent: u64, total: Option<u64>) -> String {
     match total {
         Some(total) if total > 0 => {
             let percent = (sent.min(total) as f64 / total as f64 * 100.0).floor();
-            format!(
-                "uploading {} / {} ({percent:.0}%)",
-                bytes(sent),
-                bytes(total)
-            )
+            format!("{verb} {} / {} ({percent:.0}%)", bytes(sent), bytes(total))
         }
-        _ => format!("uploading {}", bytes(sent)),
+        _ => format!("{verb} {}", bytes(sent)),
     }
 }
 
@@ -220,6 +221,10 @@ pub fn progress_line(sent: u64, total: Option<u64>) -> String {
 /// stderr is a terminal (logs and pipes get nothing).
 #[derive(Debug)]
 pub struct Progress {
+    /// `uploading` or `downloading`.
+    verb: &'static str,
+    /// The line left when the transfer is complete.
+    done: &'static str,
     total: Option<u64>,
     sent: u64,
     last_draw: Option<Instant>,
@@ -228,8 +233,35 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// An upload whose result the server is still preparing when the bytes are sent.
     pub fn new(total: Option<u64>) -> Progress {
+        Progress::with_words(
+            "uploading",
+            "uploaded {}; waiting for the server to import it",
+            total,
+        )
+    }
+
+    /// An artifact upload.
+    pub fn artifact_upload(total: Option<u64>) -> Progress {
+        Progress::with_words(
+            "uploading",
+            "uploaded {}; waiting for the server to check it",
+            total,
+        )
+    }
+
+    /// A download that may resume at `already` bytes.
+    pub fn download(total: Option<u64>, already: u64) -> Progress {
+        let mut progress = Progress::with_words("downloading", "downloaded {}", total);
+        progress.sent = already;
+        progress
+    }
+
+    fn with_words(verb: &'static str, done: &'static str, total: Option<u64>) -> Progress {
         Progress {
+            verb,
+            done,
             total,
             sent: 0,
             last_draw: None,
@@ -246,7 +278,10 @@ impl Progress {
             .is_none_or(|at| at.elapsed() >= Duration::from_millis(100));
         if self.enabled && due {
             self.last_draw = Some(Instant::now());
-            eprint!("\r\x1b[2K{}", progress_line(self.sent, self.total));
+            eprint!(
+                "\r\x1b[2K{}",
+                transfer_line(self.verb, self.sent, self.total)
+            );
         }
     }
 
@@ -254,10 +289,7 @@ impl Progress {
     pub fn finish(&mut self) {
         if self.enabled && !self.finished {
             self.finished = true;
-            eprintln!(
-                "\r\x1b[2Kuploaded {}; waiting for the server to import it",
-                bytes(self.sent)
-            );
+            eprintln!("\r\x1b[2K{}", self.done.replace("{}", &bytes(self.sent)));
         }
     }
 }

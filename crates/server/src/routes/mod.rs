@@ -1,12 +1,16 @@
 //! The HTTP routes: admin API, device API, health and metrics, with the shared middleware.
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod device_api;
 pub mod devices;
+pub mod download;
 pub mod groups;
 pub mod ops;
 pub mod shadow;
+pub mod tuf;
+pub mod updates;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -22,6 +26,15 @@ use crate::AppState;
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let max_import = state.config.max_import_bytes;
+    // An upload carries an image and a symbols file, each up to the artifact limit.
+    let max_upload = usize::try_from(
+        state
+            .config
+            .max_artifact_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20),
+    )
+    .unwrap_or(usize::MAX);
     // Shadow updates are refused before parsing when far larger than any valid update can be.
     let max_shadow = shadow::max_update_bytes();
     let admin = Router::new()
@@ -57,6 +70,31 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(max_shadow)),
         )
         .route("/devices/{id}/shadows", get(shadow::list))
+        .route(
+            "/devices/{id}/deployments",
+            get(artifacts::list_deployments).post(artifacts::create_deployment),
+        )
+        .route(
+            "/devices/{id}/deployments/{deployment}/cancel",
+            post(artifacts::cancel_deployment),
+        )
+        .route(
+            "/artifacts",
+            get(artifacts::list)
+                .post(artifacts::upload)
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route(
+            "/artifacts/{name}/{version}",
+            get(artifacts::get).delete(artifacts::delete),
+        )
+        .route("/artifacts/{name}/{version}/image", get(artifacts::image))
+        .route("/tuf/root", get(tuf::root).post(tuf::publish_root))
+        .route("/tuf/keys", post(tuf::add_key))
+        .route(
+            "/artifacts/{name}/{version}/symbols",
+            get(artifacts::symbols),
+        )
         .route("/groups", get(groups::list).post(groups::create))
         .route(
             "/groups/{name}",
@@ -91,7 +129,11 @@ pub fn router(state: AppState) -> Router {
                 .post(shadow::device_update)
                 .layer(DefaultBodyLimit::max(max_shadow)),
         )
-        .route("/shadow/delta", get(shadow::device_delta));
+        .route("/shadow/delta", get(shadow::device_delta))
+        .route("/deployments/next", get(updates::next))
+        .route("/deployments/{id}/status", post(updates::report))
+        .route("/tuf/{file}", get(updates::metadata))
+        .route("/tuf/targets/{*path}", get(updates::target));
     Router::new()
         .nest("/api/v1", admin)
         .nest("/api/device/v1", device)

@@ -35,6 +35,9 @@ pub struct AppOptions {
     pub offline_check: Option<std::time::Duration>,
     /// The MQTT device API; the embedded broker on a free port when absent.
     pub mqtt: Option<drover_server::mqtt::MqttConfig>,
+    /// Artifact storage; a directory under the test's data directory when absent.
+    pub artifacts: Option<drover_server::storage::StorageConfig>,
+    pub max_artifact_bytes: Option<u64>,
 }
 
 /// Starts a server on a fresh store, or returns `None` when the backend is not configured.
@@ -64,6 +67,12 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         .unwrap_or(drover_server::mqtt::MqttConfig::Embedded {
             listen: "127.0.0.1:0".parse().unwrap(),
         });
+    if let Some(artifacts) = options.artifacts {
+        config.artifacts = artifacts;
+    }
+    if let Some(n) = options.max_artifact_bytes {
+        config.max_artifact_bytes = n;
+    }
     let server = drover_server::start(config, std::future::pending())
         .await
         .expect("server starts");
@@ -78,6 +87,11 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
 }
 
 impl TestApp {
+    /// The server's data directory (local artifact storage lives under it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self._dir.path
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod artifacts;
 mod bad_input;
 mod devices;
 mod groups;
@@ -12,5 +13,7 @@ mod mqtt;
 mod mqtt_external;
 mod ops;
 mod provisioning;
+mod s3;
 mod shadow;
 mod tour;
+mod tuf;

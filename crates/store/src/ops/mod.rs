@@ -1,12 +1,15 @@
 //! Store operations, each written once against [`crate::db::Db`] and run by both backends.
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
+pub mod deployments;
 pub mod devices;
 pub mod groups;
 pub mod health;
 pub mod provision;
 pub mod shadow;
+pub mod tuf;
 
 use drover_core::Timestamp;
 
