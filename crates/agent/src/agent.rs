@@ -75,6 +75,9 @@ pub struct Stats {
     pub mqtt_connects: AtomicU64,
     /// `mqtt_connects` as of the last heartbeat, to report reconnections since then.
     pub connects_reported: AtomicU64,
+    /// The running firmware and booted slot as the update machine knows them (heartbeats report
+    /// these rather than the configured values once updates are enabled).
+    pub running: std::sync::Mutex<(Option<drover_core::Version>, Option<String>)>,
     /// Messages the server rejected on `drover/{id}/rejected` (a topic it does not handle).
     pub rejected_messages: AtomicU64,
     /// The agent's own resident memory at the last reading, in bytes.
@@ -181,6 +184,65 @@ impl Agent {
         else {
             return Ok(());
         };
+        let updates = self.start_updates(&credential);
+        let result =
+            self.run_transport(&device_id, &credential, http, &store, signal, &signals, rng);
+        if let Some((stop, thread)) = updates {
+            drop(stop);
+            let _ = thread.join();
+        }
+        result
+    }
+
+    /// Starts the update thread when `[update]` is enabled.
+    fn start_updates(
+        &self,
+        credential: &Credential,
+    ) -> Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+        let update = self.config.update.clone()?;
+        let (config, credential, stats) =
+            (self.config.clone(), credential.clone(), self.stats.clone());
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("updates".into())
+            .spawn(move || {
+                let tuf_dir = config.state_dir.join("tuf");
+                crate::update::run(
+                    &config,
+                    &update,
+                    credential,
+                    || {
+                        Box::new(crate::update::tuf::TufVerifier::new(
+                            tuf_dir.clone(),
+                            update.tuf_root.clone(),
+                        ))
+                    },
+                    crate::update::delta_applier,
+                    |version, slot| {
+                        if let Ok(mut running) = stats.running.lock() {
+                            *running = (version, slot.map(|s| s.as_str().to_owned()));
+                        }
+                    },
+                    stopped,
+                );
+            })
+            .ok()?;
+        Some((stop, thread))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_transport(
+        &self,
+        device_id: &DeviceId,
+        credential: &Credential,
+        mut http: HttpTransport,
+        store: &StateStore,
+        signal: Sender<Signal>,
+        signals: &Receiver<Signal>,
+        mut rng: Rng,
+    ) -> anyhow::Result<()> {
+        let config = &self.config;
+        let (device_id, credential) = (device_id.clone(), credential.clone());
         match &config.transport {
             TransportKind::Http => {
                 let shadow_http = HttpTransport::new(&config.server_url, config.request_timeout);
@@ -503,11 +565,19 @@ impl Agent {
         if let Some(rss) = rss {
             self.stats.rss_bytes.store(rss as u64, Ordering::SeqCst);
         }
+        let (firmware, slot) = self
+            .stats
+            .running
+            .lock()
+            .map(|running| running.clone())
+            .unwrap_or_default();
         Heartbeat {
             sent_at: Some(Timestamp::from_millis(ms)),
-            firmware: self.config.firmware.clone(),
+            firmware: firmware.or_else(|| self.config.firmware.clone()),
             interval_s: Some(self.config.heartbeat_interval.as_secs_f64().ceil().max(1.0) as u32),
-            boot_slot: self.config.boot_slot.clone(),
+            boot_slot: slot
+                .and_then(|s| drover_core::Label::parse(&s).ok())
+                .or_else(|| self.config.boot_slot.clone()),
             metrics,
         }
     }

@@ -117,6 +117,85 @@ pub struct RawConfig {
     /// Metrics the OS cannot provide, reported unchanged in every heartbeat.
     #[serde(default)]
     pub static_metrics: BTreeMap<String, f64>,
+    /// Over-the-air updates (`[update]`); off unless `enabled = true`.
+    pub update: Option<RawUpdateConfig>,
+}
+
+/// The `[update]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpdateConfig {
+    pub enabled: Option<bool>,
+    /// `simulated`, `uboot` or `grub`.
+    pub slots: Option<String>,
+    /// The simulated device's directory.
+    pub slot_dir: Option<PathBuf>,
+    pub slot_a_device: Option<PathBuf>,
+    pub slot_b_device: Option<PathBuf>,
+    pub fw_printenv: Option<PathBuf>,
+    pub fw_setenv: Option<PathBuf>,
+    pub grub_editenv: Option<PathBuf>,
+    pub grub_env_file: Option<PathBuf>,
+    pub boot_part_var: Option<String>,
+    pub upgrade_available_var: Option<String>,
+    pub bootcount_var: Option<String>,
+    pub bootlimit_var: Option<String>,
+    pub slot_a_value: Option<String>,
+    pub slot_b_value: Option<String>,
+    pub bootlimit: Option<u32>,
+    pub reboot_command: Option<String>,
+    pub check_interval: Option<String>,
+    pub health_check_command: Option<PathBuf>,
+    pub health_check_timeout: Option<String>,
+    pub health_process: Option<String>,
+    pub health_connectivity: Option<bool>,
+    pub watchdog_timeout: Option<String>,
+    pub security_floor: Option<String>,
+    pub allow_downgrade: Option<bool>,
+    /// The TUF root metadata file to trust first.
+    pub tuf_root: Option<PathBuf>,
+}
+
+/// The validated `[update]` table (present only when updates are enabled).
+#[derive(Debug, Clone)]
+pub struct UpdateConfig {
+    pub slots: SlotsConfig,
+    /// Time between two checks for an offered update.
+    pub check_interval: Duration,
+    /// Exit status 0 = the new image is healthy.
+    pub health_check_command: Option<PathBuf>,
+    pub health_check_timeout: Duration,
+    /// A process (name, or `/path/to/pidfile`) that must be running on the new image.
+    pub health_process: Option<crate::update::health::ProcessCheck>,
+    /// Whether the new image must reach the Drover server before it is committed.
+    pub health_connectivity: bool,
+    /// How long the new image has after its boot to prove healthy.
+    pub watchdog_timeout: Duration,
+    /// The anti-rollback floor (raised by committed images; the raised value is persisted).
+    pub security_floor: Option<Version>,
+    /// Accept versions not newer than the running one (never below the floor).
+    pub allow_downgrade: bool,
+    /// The TUF root to trust first (`drover keys show-root --json`); without it the agent trusts
+    /// the server's root on first use.
+    pub tuf_root: Option<PathBuf>,
+}
+
+/// Which slot backend, with its settings.
+#[derive(Debug, Clone)]
+pub enum SlotsConfig {
+    Simulated {
+        dir: PathBuf,
+    },
+    Uboot {
+        env: crate::update::slots::env::EnvSlotsOptions,
+        fw_printenv: PathBuf,
+        fw_setenv: PathBuf,
+    },
+    Grub {
+        env: crate::update::slots::env::EnvSlotsOptions,
+        grub_editenv: PathBuf,
+        env_file: PathBuf,
+    },
 }
 
 /// The validated configuration.
@@ -146,6 +225,8 @@ pub struct Config {
     /// Applies desired configuration; `None` reports desired values as applied.
     pub config_hook: Option<PathBuf>,
     pub config_hook_timeout: Duration,
+    /// Over-the-air updates; `None` when disabled.
+    pub update: Option<UpdateConfig>,
 }
 
 /// How heartbeats and the shadow travel once the device has its credential. Provisioning always
@@ -320,13 +401,20 @@ impl Config {
                 .map_err(|e| invalid("static_metrics", e))?;
             static_metrics.insert(metric, value);
         }
+        let state_dir = cli
+            .state_dir
+            .clone()
+            .or(raw.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let update = match raw.update {
+            Some(update) if update.enabled.unwrap_or(false) => {
+                Some(UpdateConfig::from_raw(update, &state_dir)?)
+            }
+            _ => None,
+        };
         Ok(Config {
             server_url,
-            state_dir: cli
-                .state_dir
-                .clone()
-                .or(raw.state_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir,
             hardware_id: parse_opt(
                 "hardware_id",
                 pick(&cli.hardware_id, raw.hardware_id),
@@ -369,6 +457,7 @@ impl Config {
             shadow_sync: cli.shadow_sync.or(raw.shadow_sync).unwrap_or(true),
             config_hook: cli.config_hook.clone().or(raw.config_hook),
             config_hook_timeout,
+            update,
         })
     }
 
@@ -383,6 +472,147 @@ impl Config {
         })?;
         HardwareId::parse(text.trim())
             .map_err(|e| invalid("hardware_id", format!("from {MACHINE_ID_PATH}: {e}")))
+    }
+}
+
+impl UpdateConfig {
+    fn from_raw(raw: RawUpdateConfig, state_dir: &Path) -> Result<UpdateConfig, ConfigError> {
+        use crate::update::slots::env::EnvSlotsOptions;
+        let check_interval = duration(
+            "update.check_interval",
+            raw.check_interval,
+            Duration::from_secs(600),
+        )?;
+        if check_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "update.check_interval",
+                "must be at least 1s".into(),
+            ));
+        }
+        let watchdog_timeout = duration(
+            "update.watchdog_timeout",
+            raw.watchdog_timeout,
+            Duration::from_secs(300),
+        )?;
+        let health_check_timeout = duration(
+            "update.health_check_timeout",
+            raw.health_check_timeout,
+            Duration::from_secs(60),
+        )?;
+        if health_check_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "update.health_check_timeout",
+                "must be at least 1s".into(),
+            ));
+        }
+        if watchdog_timeout <= health_check_timeout {
+            return Err(invalid(
+                "update.watchdog_timeout",
+                "must be longer than update.health_check_timeout".into(),
+            ));
+        }
+        let env_options = |default_reboot: &str| -> Result<EnvSlotsOptions, ConfigError> {
+            let device = |key: &'static str, value: Option<PathBuf>| {
+                value.ok_or(ConfigError::Missing {
+                    key,
+                    hint: "the uboot and grub slots need the block device (or file) of each slot",
+                })
+            };
+            let mut options = EnvSlotsOptions::new(
+                [
+                    device("update.slot_a_device", raw.slot_a_device.clone())?,
+                    device("update.slot_b_device", raw.slot_b_device.clone())?,
+                ],
+                state_dir.join("slots"),
+            );
+            let names = &mut options.names;
+            let [value_a, value_b] = &mut names.slot_values;
+            for (target, value) in [
+                (&mut names.boot_part, &raw.boot_part_var),
+                (&mut names.upgrade_available, &raw.upgrade_available_var),
+                (&mut names.bootcount, &raw.bootcount_var),
+                (&mut names.bootlimit, &raw.bootlimit_var),
+                (value_a, &raw.slot_a_value),
+                (value_b, &raw.slot_b_value),
+            ] {
+                if let Some(value) = value {
+                    if value.is_empty()
+                        || value.contains(char::is_whitespace)
+                        || value.contains('=')
+                    {
+                        return Err(invalid(
+                            "update",
+                            format!("{value:?} is not a usable bootloader variable name or value"),
+                        ));
+                    }
+                    *target = value.clone();
+                }
+            }
+            if names.slot_values[0] == names.slot_values[1] {
+                return Err(invalid(
+                    "update.slot_b_value",
+                    "must differ from slot_a_value".into(),
+                ));
+            }
+            options.bootlimit = raw.bootlimit;
+            let reboot = raw
+                .reboot_command
+                .clone()
+                .unwrap_or_else(|| default_reboot.to_owned());
+            options.reboot_command = reboot.split_whitespace().map(str::to_owned).collect();
+            if options.reboot_command.is_empty() {
+                return Err(invalid("update.reboot_command", "must not be empty".into()));
+            }
+            Ok(options)
+        };
+        let slots = match raw.slots.as_deref() {
+            Some("simulated") => SlotsConfig::Simulated {
+                dir: raw.slot_dir.clone().ok_or(ConfigError::Missing {
+                    key: "update.slot_dir",
+                    hint: "slots = \"simulated\" keeps its two images and bootloader environment in this directory",
+                })?,
+            },
+            Some("uboot") => SlotsConfig::Uboot {
+                env: env_options("/sbin/reboot")?,
+                fw_printenv: raw.fw_printenv.clone().unwrap_or_else(|| "fw_printenv".into()),
+                fw_setenv: raw.fw_setenv.clone().unwrap_or_else(|| "fw_setenv".into()),
+            },
+            Some("grub") => SlotsConfig::Grub {
+                env: env_options("/sbin/reboot")?,
+                grub_editenv: raw.grub_editenv.clone().unwrap_or_else(|| "grub-editenv".into()),
+                env_file: raw
+                    .grub_env_file
+                    .clone()
+                    .unwrap_or_else(|| "/boot/grub/grubenv".into()),
+            },
+            Some(other) => {
+                return Err(invalid(
+                    "update.slots",
+                    format!("{other:?} is none of \"simulated\", \"uboot\", \"grub\""),
+                ))
+            }
+            None => {
+                return Err(ConfigError::Missing {
+                    key: "update.slots",
+                    hint: "say which A/B slots to update: \"simulated\", \"uboot\" or \"grub\"",
+                })
+            }
+        };
+        Ok(UpdateConfig {
+            slots,
+            check_interval,
+            health_check_command: raw.health_check_command,
+            health_check_timeout,
+            health_process: raw
+                .health_process
+                .filter(|p| !p.is_empty())
+                .map(|p| crate::update::health::ProcessCheck::parse(&p)),
+            health_connectivity: raw.health_connectivity.unwrap_or(true),
+            watchdog_timeout,
+            security_floor: parse_opt("update.security_floor", raw.security_floor, Version::parse)?,
+            allow_downgrade: raw.allow_downgrade.unwrap_or(false),
+            tuf_root: raw.tuf_root,
+        })
     }
 }
 
@@ -535,6 +765,43 @@ mod tests {
     }
 
     #[test]
+    fn the_update_table_parses_with_backend_defaults() {
+        let config = parse(
+            r#"
+            server_url = "http://a"
+            state_dir = "/var/lib/x"
+            [update]
+            enabled = true
+            slots = "uboot"
+            slot_a_device = "/dev/mmcblk0p2"
+            slot_b_device = "/dev/mmcblk0p3"
+            slot_a_value = "2"
+            slot_b_value = "3"
+            boot_part_var = "mender_boot_part"
+            check_interval = "30m"
+            health_process = "/run/app.pid"
+            security_floor = "2.0.0"
+            "#,
+        )
+        .unwrap();
+        let update = config.update.unwrap();
+        assert_eq!(update.check_interval, Duration::from_secs(1800));
+        assert_eq!(update.watchdog_timeout, Duration::from_secs(300));
+        assert!(update.health_connectivity);
+        assert_eq!(update.security_floor.unwrap().to_string(), "2.0.0");
+        let SlotsConfig::Uboot { env, fw_setenv, .. } = update.slots else {
+            panic!("not uboot");
+        };
+        assert_eq!(env.names.boot_part, "mender_boot_part");
+        assert_eq!(env.names.slot_values, ["2".to_owned(), "3".to_owned()]);
+        assert_eq!(env.reboot_command, ["/sbin/reboot"]);
+        assert_eq!(env.info_dir, PathBuf::from("/var/lib/x/slots"));
+        assert_eq!(fw_setenv, PathBuf::from("fw_setenv"));
+        let off = parse("server_url = \"http://a\"\n[update]\nslots = \"grub\"").unwrap();
+        assert!(off.update.is_none(), "updates are off unless enabled");
+    }
+
+    #[test]
     fn bad_configuration_is_reported_precisely() {
         let cases = [
             ("server_url = ", "invalid TOML in agent.toml"),
@@ -590,6 +857,30 @@ mod tests {
             (
                 "server_url = \"http://a\"\nconfig_hook_timeout = \"10ms\"",
                 "at least 1s",
+            ),
+            (
+                "server_url = \"http://a\"\n[update]\nenabled = true",
+                "update.slots is required",
+            ),
+            (
+                "server_url = \"http://a\"\n[update]\nenabled = true\nslots = \"mbr\"",
+                "invalid update.slots",
+            ),
+            (
+                "server_url = \"http://a\"\n[update]\nenabled = true\nslots = \"simulated\"",
+                "update.slot_dir is required",
+            ),
+            (
+                "server_url = \"http://a\"\n[update]\nenabled = true\nslots = \"grub\"",
+                "update.slot_a_device is required",
+            ),
+            (
+                "server_url = \"http://a\"\n[update]\nenabled = true\nslots = \"simulated\"\nslot_dir = \"/x\"\nwatchdog_timeout = \"30s\"",
+                "must be longer than update.health_check_timeout",
+            ),
+            (
+                "server_url = \"http://a\"\n[update]\nsecurity_flor = \"1.0.0\"",
+                "unknown field `security_flor`",
             ),
         ];
         for (text, expected) in cases {

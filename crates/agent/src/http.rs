@@ -46,11 +46,11 @@ impl HttpTransport {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/api/device/v1/{path}", self.base)
     }
 
-    fn post(
+    pub(crate) fn post(
         &self,
         path: &str,
         credential: Option<&Credential>,
@@ -68,12 +68,28 @@ impl HttpTransport {
         Answer::read(request.send(&body[..]))
     }
 
-    fn get(&self, path: &str, credential: &Credential) -> Result<Answer, TransportError> {
+    pub(crate) fn get(
+        &self,
+        path: &str,
+        credential: &Credential,
+    ) -> Result<Answer, TransportError> {
         let request = self
             .agent
             .get(self.url(path))
             .header("authorization", bearer(credential));
         Answer::read(request.call())
+    }
+}
+
+impl HttpTransport {
+    /// The underlying client, for requests of their own (the update downloads).
+    pub(crate) fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
+    /// The per-request timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -184,19 +200,19 @@ impl ShadowTransport for HttpTransport {
     }
 }
 
-fn bearer(credential: &Credential) -> String {
+pub(crate) fn bearer(credential: &Credential) -> String {
     format!("Bearer {}", credential.expose())
 }
 
 /// A response read into memory.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     retry_after: Option<Duration>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn read(
+    pub(crate) fn read(
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Answer, TransportError> {
         let mut response = result.map_err(|e| TransportError::Unreachable(e.to_string()))?;
@@ -221,7 +237,7 @@ impl Answer {
     }
 
     /// Turns an error status into its [`TransportError`] class.
-    fn success(self) -> Result<Answer, TransportError> {
+    pub(crate) fn success(self) -> Result<Answer, TransportError> {
         if (200..300).contains(&self.status) {
             return Ok(self);
         }
@@ -253,7 +269,7 @@ impl Answer {
         })
     }
 
-    fn json<T: DeserializeOwned>(self) -> Result<T, TransportError> {
+    pub(crate) fn json<T: DeserializeOwned>(self) -> Result<T, TransportError> {
         serde_json::from_str(&self.body).map_err(|e| {
             TransportError::Protocol(format!("HTTP {} with an unreadable body: {e}", self.status))
         })

@@ -22,6 +22,9 @@
 //!   [`mqtt`] heartbeats and the shadow over one MQTT connection.
 //! - [`agent`]: the heartbeat loop that carries out the scheduler's actions (the only place with
 //!   clocks, sleeps and signals), provisioning, and the wiring of threads.
+//! - [`update`]: over-the-air A/B updates — the pure update state machine, its runner, the slot
+//!   backends (simulated, U-Boot, GRUB), the atomically persisted update state and the post-boot
+//!   health checks; [`update::run`] is the update thread's loop.
 //! - `log`: a minimal stderr logger (the agent's logs go to the journal, which adds timestamps).
 //!
 //! Threads: the heartbeat loop (the caller's), the shadow thread, the MQTT link thread (MQTT
@@ -46,6 +49,7 @@ pub mod shadow;
 pub mod shadow_thread;
 pub mod state;
 pub mod transport;
+pub mod update;
 
 pub use agent::{Agent, Revoked, Stats};
 pub use config::{Cli, Config, ConfigError};

@@ -46,9 +46,19 @@ pub enum RunError {
 
 /// Runs `command` without a shell and waits for it, its output included, up to the timeout.
 pub fn run(command: &Path, options: &RunOptions<'_>) -> Result<Finished, RunError> {
+    run_with_args(command, &[], options)
+}
+
+/// [`run`] with arguments (the bootloader tools, the reboot command).
+pub fn run_with_args(
+    command: &Path,
+    args: &[String],
+    options: &RunOptions<'_>,
+) -> Result<Finished, RunError> {
     let deadline = Instant::now() + options.timeout;
     let spawn = || {
         Command::new(command)
+            .args(args)
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(if options.stdin.is_some() {
                 Stdio::piped()
