@@ -206,9 +206,40 @@ impl SimulatedSlots {
         Ok(bytes)
     }
 
+    /// Whether `slot`'s image (its recorded length, or the whole file) contains `marker`, read in
+    /// chunks so that a simulated device's memory stays small whatever its image size.
+    fn image_contains(&self, slot: Slot, marker: &[u8]) -> Result<(bool, u64), SlotError> {
+        let path = self.image_path(slot);
+        let io = |source| SlotError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        };
+        let limit = self.info.get(slot)?.map(|image| image.length);
+        let file = std::fs::File::open(&path).map_err(io)?;
+        let mut reader = std::io::BufReader::new(file).take(limit.unwrap_or(u64::MAX));
+        let mut window: Vec<u8> = Vec::with_capacity(64 * 1024 + marker.len());
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(&mut chunk).map_err(io)?;
+            if n == 0 {
+                return Ok((false, total));
+            }
+            total += n as u64;
+            window.extend_from_slice(&chunk[..n]);
+            if contains(&window, marker) {
+                return Ok((true, total));
+            }
+            // Keep the tail a marker split across two reads could start in.
+            let keep = marker.len().saturating_sub(1).min(window.len());
+            window.drain(..window.len() - keep);
+        }
+    }
+
     fn boots(&self, slot: Slot) -> Result<bool, SlotError> {
-        let bytes = self.image_bytes(slot)?;
-        Ok(!bytes.is_empty() && !contains(&bytes, BOOT_FAIL_MARKER))
+        let (fails, len) = self.image_contains(slot, BOOT_FAIL_MARKER)?;
+        Ok(len > 0 && !fails)
     }
 }
 
@@ -280,8 +311,10 @@ impl SlotBackend for SimulatedSlots {
 
     fn self_test(&mut self) -> Result<(), String> {
         let booted = self.env().map_err(|e| e.to_string())?.booted;
-        let bytes = self.image_bytes(booted).map_err(|e| e.to_string())?;
-        if contains(&bytes, HEALTH_FAIL_MARKER) {
+        let (fails, _) = self
+            .image_contains(booted, HEALTH_FAIL_MARKER)
+            .map_err(|e| e.to_string())?;
+        if fails {
             return Err(format!(
                 "the simulated image in slot {booted} carries DROVER-SIM-HEALTH-FAIL"
             ));
