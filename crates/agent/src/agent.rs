@@ -184,9 +184,25 @@ impl Agent {
         else {
             return Ok(());
         };
-        let updates = self.start_updates(&credential);
-        let result =
-            self.run_transport(&device_id, &credential, http, &store, signal, &signals, rng);
+        // Over MQTT the server pushes offers; the update thread also checks over HTTP.
+        let (offers, offered) = match (&config.update, &config.transport) {
+            (Some(_), TransportKind::Mqtt(_)) => {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let updates = self.start_updates(&credential, offered);
+        let result = self.run_transport(
+            &device_id,
+            &credential,
+            http,
+            &store,
+            signal,
+            &signals,
+            rng,
+            offers,
+        );
         if let Some((stop, thread)) = updates {
             drop(stop);
             let _ = thread.join();
@@ -198,6 +214,7 @@ impl Agent {
     fn start_updates(
         &self,
         credential: &Credential,
+        offers: Option<Receiver<drover_proto::update::UpdateOffer>>,
     ) -> Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
         let update = self.config.update.clone()?;
         let (config, credential, stats) =
@@ -223,6 +240,7 @@ impl Agent {
                             *running = (version, slot.map(|s| s.as_str().to_owned()));
                         }
                     },
+                    offers,
                     stopped,
                 );
             })
@@ -240,6 +258,7 @@ impl Agent {
         signal: Sender<Signal>,
         signals: &Receiver<Signal>,
         mut rng: Rng,
+        offers: Option<Sender<drover_proto::update::UpdateOffer>>,
     ) -> anyhow::Result<()> {
         let config = &self.config;
         let (device_id, credential) = (device_id.clone(), credential.clone());
@@ -265,6 +284,7 @@ impl Agent {
                     self.stats.clone(),
                     signal,
                     link_rng,
+                    offers,
                 );
                 let shadow_mqtt = link.shadow(config.request_timeout);
                 let shadow = self.start_shadow(&device_id, &credential, shadow_mqtt, &mut rng);

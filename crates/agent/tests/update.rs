@@ -18,6 +18,7 @@ const ADMIN_TOKEN: &str = "drv_test_admin_token_0123456789";
 
 struct Server {
     base: String,
+    mqtt_addr: Option<std::net::SocketAddr>,
     http: reqwest::Client,
     data_dir: PathBuf,
     server: RunningServer,
@@ -25,15 +26,20 @@ struct Server {
 
 impl Server {
     async fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, drover_server::mqtt::MqttConfig::Off).await
+    }
+
+    async fn start_with(data_dir: &Path, mqtt: drover_server::mqtt::MqttConfig) -> Server {
         let mut config = ServerConfig::with_data_dir(data_dir);
         config.listen = "127.0.0.1:0".parse().unwrap();
-        config.mqtt = drover_server::mqtt::MqttConfig::Off;
+        config.mqtt = mqtt;
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
         let server = drover_server::start(config, std::future::pending())
             .await
             .expect("server starts");
         Server {
             base: format!("http://{}", server.addr),
+            mqtt_addr: server.mqtt_addr,
             http: reqwest::Client::new(),
             data_dir: data_dir.to_owned(),
             server,
@@ -134,12 +140,17 @@ fn firmware(version: &str, len: usize, marker: &str) -> Vec<u8> {
 }
 
 fn write_config(dir: &Path, server: &str, claim: &str) -> PathBuf {
+    write_config_with(dir, server, claim, "", "1s")
+}
+
+/// The test agent's configuration with `extra` top-level keys and an update check interval.
+fn write_config_with(dir: &Path, server: &str, claim: &str, extra: &str, check: &str) -> PathBuf {
     let state_dir = dir.join("agent");
     let slots = dir.join("slots");
     let config = format!(
         "server_url = \"{server}\"\nstate_dir = \"{}\"\nhardware_id = \"HW-UPD-1\"\nclaim_token = \"{claim}\"\n\
-         device_type = \"sensor\"\nfirmware = \"1.0.0\"\nheartbeat_interval = \"500ms\"\nrequest_timeout = \"5s\"\n\
-         [update]\nenabled = true\nslots = \"simulated\"\nslot_dir = \"{}\"\ncheck_interval = \"1s\"\n\
+         device_type = \"sensor\"\nfirmware = \"1.0.0\"\nheartbeat_interval = \"500ms\"\nrequest_timeout = \"5s\"\n{extra}\
+         [update]\nenabled = true\nslots = \"simulated\"\nslot_dir = \"{}\"\ncheck_interval = \"{check}\"\n\
          watchdog_timeout = \"10s\"\nhealth_check_timeout = \"5s\"\n",
         state_dir.display(),
         slots.display(),
@@ -325,6 +336,31 @@ async fn the_agent_installs_a_good_image_and_falls_back_from_a_broken_one() {
         ("a".to_owned(), Some("1.1.1".to_owned()))
     );
 
+    kill(agent);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt_the_offer_is_pushed_and_installed_without_waiting_for_the_next_check() {
+    let dir = TempDir::new();
+    let mqtt = drover_server::mqtt::MqttConfig::Embedded {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let server = Server::start_with(&dir.path.join("server"), mqtt).await;
+    server.upload("1.1.0", firmware("1.1.0", 100_000, "")).await;
+    let extra = format!(
+        "transport = \"mqtt\"\nmqtt_url = \"mqtt://{}\"\n",
+        server.mqtt_addr.unwrap()
+    );
+    // Checks over HTTP only once an hour: the update can only come from the push.
+    let config = write_config_with(&dir.path, &server.base, &server.claim().await, &extra, "1h");
+    let agent = spawn(&config);
+    let device = provisioned(&dir.path.join("agent")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let id = server.deploy(&device, "1.1.0").await;
+    let deployment = server.finished(&device, id, 30).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    assert_eq!(running(&dir.path.join("slots")).1.as_deref(), Some("1.1.0"));
     kill(agent);
     server.stop().await;
 }

@@ -14,6 +14,11 @@
 //! | `shadow/update/accepted` | server → device | [`ShadowAccepted`](crate::shadow::ShadowAccepted) |
 //! | `shadow/update/rejected` | server → device | [`Rejection`] |
 //! | `shadow/update/delta` | server → device | [`ShadowDelta`](crate::shadow::ShadowDelta), after each desired change that leaves a delta |
+//! | `deployments/next` | server → device | the [`UpdateOffer`](crate::update::UpdateOffer) to install, when an operator deploys to the device and in answer to `deployments/get`; an empty payload when there is none |
+//! | `deployments/get` | device → server | empty: ask for the current offer (e.g. after connecting) |
+//! | `deployments/status` | device → server | a [`DeploymentReportMessage`](crate::update::DeploymentReportMessage) |
+//! | `deployments/status/accepted` | server → device | `{"deployment": id, "state": …}` |
+//! | `deployments/status/rejected` | server → device | [`Rejection`] (`conflict` when the deployment is over) |
 //! | `rejected` | server → device | [`Rejection`] for a message on a topic the server does not know |
 //!
 //! Named shadows put `name/{name}/` after `shadow/`: `drover/{id}/shadow/name/config/update`.
@@ -51,6 +56,8 @@ pub fn device_filter(device: &DeviceId) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Heartbeat,
+    DeploymentsGet,
+    DeploymentStatus,
     ShadowGet(Option<ShadowName>),
     ShadowUpdate(Option<ShadowName>),
 }
@@ -85,8 +92,11 @@ pub fn split(topic: &str) -> Result<(DeviceId, &str), TopicError> {
 impl Inbound {
     /// Parses the part of a topic after `drover/{id}/`.
     pub fn parse(rest: &str) -> Result<Inbound, TopicError> {
-        if rest == "heartbeat" {
-            return Ok(Inbound::Heartbeat);
+        match rest {
+            "heartbeat" => return Ok(Inbound::Heartbeat),
+            "deployments/get" => return Ok(Inbound::DeploymentsGet),
+            "deployments/status" => return Ok(Inbound::DeploymentStatus),
+            _ => {}
         }
         let Some(shadow) = rest.strip_prefix("shadow/") else {
             return Err(TopicError::Unknown(rest.to_owned()));
@@ -128,6 +138,26 @@ pub fn heartbeat(device: &DeviceId) -> String {
 /// `drover/{id}/heartbeat/rejected`.
 pub fn heartbeat_rejected(device: &DeviceId) -> String {
     format!("{ROOT}/{device}/heartbeat/rejected")
+}
+
+/// `drover/{id}/deployments/next`: the update offer.
+pub fn deployments_next(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/deployments/next")
+}
+
+/// `drover/{id}/deployments/get`.
+pub fn deployments_get(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/deployments/get")
+}
+
+/// `drover/{id}/deployments/status`.
+pub fn deployments_status(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/deployments/status")
+}
+
+/// `drover/{id}/deployments/status/accepted` or `…/rejected`.
+pub fn deployments_status_result(device: &DeviceId, accepted: bool) -> String {
+    format!("{ROOT}/{device}/deployments/status/{}", outcome(accepted))
 }
 
 /// `drover/{id}/rejected`: a message on a topic the server does not handle.

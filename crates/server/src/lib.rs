@@ -60,6 +60,8 @@ pub struct AppState {
     storage: storage::Storage,
     /// One delta is built at a time: generation holds both images and a suffix array in memory.
     delta_builds: Arc<tokio::sync::Semaphore>,
+    /// Devices an operator just deployed to, for the MQTT transport to publish their offer.
+    offers: tokio::sync::broadcast::Sender<drover_core::DeviceId>,
 }
 
 impl AppState {
@@ -175,6 +177,7 @@ pub async fn start(
         revocations: tokio::sync::broadcast::channel(256).0,
         storage,
         delta_builds: Arc::new(tokio::sync::Semaphore::new(1)),
+        offers: tokio::sync::broadcast::channel(1024).0,
     };
     let messages = mqtt::handler::DeviceMessages::new(state.clone());
     let mqtt_addr = mqtt_listener.as_ref().map(|l| l.local_addr());

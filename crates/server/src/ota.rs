@@ -156,7 +156,8 @@ pub(crate) async fn tuf_refresh(store: Store, config: TufConfig, every: std::tim
 
 /// Called after an operator created a deployment: tells an MQTT-connected device at once.
 pub(crate) async fn deployment_created(state: &AppState, device: &DeviceId) {
-    let _ = (state, device);
+    // Nobody listening (MQTT off) is fine: devices also check over HTTP.
+    let _ = state.offers.send(device.clone());
 }
 
 /// The update `device` should install now.

@@ -80,6 +80,7 @@ impl Link {
         stats: Arc<Stats>,
         signals: Sender<Signal>,
         rng: Rng,
+        offers: Option<Sender<drover_proto::update::UpdateOffer>>,
     ) -> Link {
         let mut options = MqttOptions::new(device.as_str(), &address.host, address.port);
         options
@@ -102,6 +103,8 @@ impl Link {
             stop: stopped,
             backoff: Backoff::standard(),
             rng,
+            offers,
+            offers_get: drover_proto::mqtt::deployments_get(device),
         };
         let handle = std::thread::Builder::new()
             .name("mqtt".into())
@@ -230,6 +233,11 @@ struct LinkThread {
     stop: Receiver<()>,
     backoff: Backoff,
     rng: Rng,
+    /// Where offers pushed by the server go (the update thread), when updates are enabled.
+    offers: Option<Sender<drover_proto::update::UpdateOffer>>,
+    /// `drover/{id}/deployments/get`, published after each connect to catch an offer made while
+    /// the device was away.
+    offers_get: String,
 }
 
 impl LinkThread {
@@ -272,6 +280,15 @@ impl LinkThread {
                 self.stats.mqtt_connects.store(epoch, Ordering::SeqCst);
                 info!("connected to the MQTT broker {}", self.broker);
                 let _ = self.signals.send(Signal::Connected);
+                if self.offers.is_some() {
+                    let topic = self.offers_get.clone();
+                    if let Err(e) =
+                        self.client
+                            .try_publish(topic, QoS::AtLeastOnce, false, Vec::new())
+                    {
+                        debug!("cannot ask for the current update offer: {e}");
+                    }
+                }
             }
             Notice::SubscriptionsRefused(topics) => warn!(
                 "the MQTT broker refused the subscriptions to {}: answers on them will be missed",
@@ -312,6 +329,12 @@ impl LinkThread {
             }
             Notice::Unreadable { topic, error } => warn!("unreadable message on {topic}: {error}"),
             Notice::Unexpected { topic } => debug!("ignoring a message on {topic}"),
+            Notice::Offer(offer) => match &self.offers {
+                Some(offers) => {
+                    let _ = offers.send(*offer);
+                }
+                None => debug!("ignoring an update offer: updates are not enabled"),
+            },
         }
     }
 }

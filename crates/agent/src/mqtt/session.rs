@@ -81,6 +81,8 @@ pub enum Notice {
     Unreadable { topic: String, error: String },
     /// A message on a topic the agent did not subscribe to.
     Unexpected { topic: String },
+    /// `drover/{id}/deployments/next`: an update to install (for the update thread).
+    Offer(Box<drover_proto::update::UpdateOffer>),
 }
 
 /// How a heartbeat publish ended, if not with its PUBACK.
@@ -293,6 +295,15 @@ impl Session {
                 Ok(rejection) => self.on_heartbeat_rejected(rejection),
                 Err(notice) => vec![notice],
             };
+        } else if topic == topics.offers {
+            // An empty payload answers `deployments/get` when there is nothing to install.
+            if payload.is_empty() {
+                return vec![];
+            }
+            return match parse(topic, payload) {
+                Ok(offer) => vec![Notice::Offer(Box::new(offer))],
+                Err(notice) => vec![notice],
+            };
         } else if topic == topics.rejected {
             return match parse(topic, payload) {
                 Ok(rejection) => vec![Notice::Rejected(rejection)],
@@ -351,6 +362,7 @@ struct Topics {
     update_accepted: String,
     update_rejected: String,
     delta: String,
+    offers: String,
 }
 
 impl Topics {
@@ -366,13 +378,14 @@ impl Topics {
             update_accepted: topic::shadow_update_result(device, None, true),
             update_rejected: topic::shadow_update_result(device, None, false),
             delta: topic::shadow_delta(device, None),
+            offers: topic::deployments_next(device),
         }
     }
 
     /// The topics the server answers on, subscribed one by one: never the topics the agent
     /// publishes to (it would hear its own messages), and no wildcards, so every topic comes from
     /// `drover_proto::mqtt`.
-    fn answers(&self) -> [&str; 7] {
+    fn answers(&self) -> [&str; 8] {
         [
             &self.heartbeat_rejected,
             &self.rejected,
@@ -381,6 +394,7 @@ impl Topics {
             &self.update_accepted,
             &self.update_rejected,
             &self.delta,
+            &self.offers,
         ]
     }
 
@@ -413,7 +427,7 @@ mod tests {
     fn ready(session: &mut Session) {
         let connack = ConnAck::new(ConnectReturnCode::Success, false);
         let notices = session.on_event(&Event::Incoming(Packet::ConnAck(connack)));
-        assert!(matches!(&notices[..], [Notice::Subscribe(filters)] if filters.len() == 7));
+        assert!(matches!(&notices[..], [Notice::Subscribe(filters)] if filters.len() == 8));
         let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 7];
         let suback = SubAck::new(1, codes);
         session.on_event(&Event::Incoming(Packet::SubAck(suback)));
@@ -452,10 +466,11 @@ mod tests {
                 "drover/dev-1/shadow/update/accepted",
                 "drover/dev-1/shadow/update/rejected",
                 "drover/dev-1/shadow/update/delta",
+                "drover/dev-1/deployments/next",
             ]
         );
         assert!(s.begin_heartbeat(1).is_err(), "not before the SUBACK");
-        let mut codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 7];
+        let mut codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 8];
         codes[6] = SubscribeReasonCode::Failure;
         let notices = s.on_event(&Event::Incoming(Packet::SubAck(SubAck::new(1, codes))));
         let [Notice::Ready { epoch: 1 }, Notice::SubscriptionsRefused(refused)] = &notices[..]

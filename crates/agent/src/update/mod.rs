@@ -78,6 +78,42 @@ pub fn machine_options(config: &Config, update: &UpdateConfig, delta: bool) -> M
     }
 }
 
+/// How a wait between steps ended.
+enum Waited {
+    Stop,
+    Offer(drover_proto::update::UpdateOffer),
+    Elapsed,
+}
+
+/// Waits up to `delay` for a stop or, over MQTT, an offer the server pushed (checked every
+/// 200 ms: std channels cannot be selected on together).
+fn wait_for_offer(
+    stop: &Receiver<()>,
+    offers: Option<&Receiver<drover_proto::update::UpdateOffer>>,
+    delay: Duration,
+) -> Waited {
+    let Some(offers) = offers else {
+        return if crate::agent::wait(stop, delay) {
+            Waited::Stop
+        } else {
+            Waited::Elapsed
+        };
+    };
+    let deadline = std::time::Instant::now() + delay;
+    loop {
+        if let Ok(offer) = offers.try_recv() {
+            return Waited::Offer(offer);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Waited::Elapsed;
+        }
+        if crate::agent::wait(stop, left.min(Duration::from_millis(200))) {
+            return Waited::Stop;
+        }
+    }
+}
+
 /// The delta applier the agent uses: `drover-delta`, in bounded memory (under 1 MiB whatever
 /// the image size; the base image is read from its slot with seeks).
 pub fn delta_applier() -> Option<Box<dyn DeltaApplier>> {
@@ -152,6 +188,7 @@ pub fn run(
     mut verifier: impl FnMut() -> Box<dyn Verifier>,
     mut delta: impl FnMut() -> Option<Box<dyn DeltaApplier>>,
     mut running: impl FnMut(Option<drover_core::Version>, Option<slots::Slot>),
+    offers: Option<Receiver<drover_proto::update::UpdateOffer>>,
     stop: Receiver<()>,
 ) {
     let clock = BootClock;
@@ -217,8 +254,10 @@ pub fn run(
                 }
                 Ok(Step::Sleep(at)) => {
                     let delay = Duration::from_millis(at.saturating_sub(clock.now_ms()));
-                    if crate::agent::wait(&stop, delay) {
-                        return;
+                    match wait_for_offer(&stop, offers.as_ref(), delay) {
+                        Waited::Stop => return,
+                        Waited::Offer(offer) => runner.offer(offer),
+                        Waited::Elapsed => {}
                     }
                 }
                 Ok(Step::Halted) => {

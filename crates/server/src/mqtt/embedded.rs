@@ -70,7 +70,7 @@ use tokio::task::JoinHandle;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::mqtt::handler::{DeviceMessages, Outgoing};
-use crate::mqtt::publish_deltas;
+use crate::mqtt::{publish_deltas, publish_offers};
 
 /// Device messages handled at once across all connections; beyond that, connections wait (and
 /// stop reading from their sockets) until a handler finishes.
@@ -169,6 +169,14 @@ impl Listener {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         });
+        let offers = {
+            let (scx, metrics) = (scx.clone(), shared.metrics.clone());
+            let server_id = server_id.clone();
+            tokio::spawn(publish_offers(messages.clone(), move |out| {
+                let (scx, from, metrics) = (scx.clone(), server_id.clone(), metrics.clone());
+                async move { send(&scx, &from, &metrics, out).await }
+            }))
+        };
         let deltas = {
             let (scx, metrics) = (scx.clone(), shared.metrics.clone());
             tokio::spawn(publish_deltas(messages, move |out| {
@@ -192,7 +200,7 @@ impl Listener {
         Ok(Broker {
             scx,
             shared,
-            tasks: vec![serve, deltas, revocations],
+            tasks: vec![serve, deltas, offers, revocations],
         })
     }
 }

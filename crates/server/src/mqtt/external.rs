@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::mqtt::handler::{DeviceMessages, Outgoing};
-use crate::mqtt::{publish_deltas, ExternalBroker};
+use crate::mqtt::{publish_deltas, publish_offers, ExternalBroker};
 
 /// Device messages handled concurrently per replica.
 pub const MAX_IN_FLIGHT: usize = 512;
@@ -128,6 +128,14 @@ pub async fn start(broker: ExternalBroker, messages: DeviceMessages) -> anyhow::
         messages.clone(),
         broker.group.clone(),
     ));
+    let offers = {
+        let client = client.clone();
+        let metrics = messages.state().metrics.clone();
+        tokio::spawn(publish_offers(messages.clone(), move |out| {
+            let (client, metrics) = (client.clone(), metrics.clone());
+            async move { send(&client, &metrics, out).await }
+        }))
+    };
     let deltas = {
         let client = client.clone();
         let metrics = messages.state().metrics.clone();
@@ -138,7 +146,7 @@ pub async fn start(broker: ExternalBroker, messages: DeviceMessages) -> anyhow::
     };
     Ok(Client {
         client,
-        tasks: vec![serve, deltas],
+        tasks: vec![serve, deltas, offers],
     })
 }
 

@@ -7,6 +7,7 @@ use drover_core::DeviceId;
 use drover_proto::device_api::{Heartbeat, HeartbeatBatch};
 use drover_proto::error::ErrorDetail;
 use drover_proto::mqtt::{self, Inbound, Rejection};
+use drover_proto::update::{DeploymentReportMessage, UpdateOffer};
 use drover_store::Actor;
 use serde_json::Value;
 
@@ -59,6 +60,20 @@ impl DeviceMessages {
                 Err(error) => {
                     let topic = mqtt::shadow_get_result(device, name.as_ref(), false);
                     vec![self.reject(topic, error, client_token(payload))]
+                }
+            },
+            Inbound::DeploymentsGet => match crate::ota::offer_for(&self.state, device).await {
+                Ok(offer) => vec![offer_message(device, offer.as_ref())],
+                Err(error) => vec![self.reject(mqtt::rejected(device), error, None)],
+            },
+            Inbound::DeploymentStatus => match self.deployment_status(device, payload).await {
+                Ok(view) => vec![json(
+                    mqtt::deployments_status_result(device, true),
+                    &serde_json::json!({ "deployment": view.id, "state": view.state }),
+                )],
+                Err(error) => {
+                    let topic = mqtt::deployments_status_result(device, false);
+                    vec![self.reject(topic, error, None)]
                 }
             },
             Inbound::ShadowUpdate(name) => {
@@ -116,6 +131,19 @@ impl DeviceMessages {
         device_api::ingest(&self.state, device.clone(), heartbeats).await
     }
 
+    async fn deployment_status(
+        &self,
+        device: &DeviceId,
+        payload: &[u8],
+    ) -> Result<drover_proto::artifacts::DeploymentView, ApiError> {
+        if payload.len() > self.state.config.max_body_bytes {
+            return Err(too_large(payload.len(), self.state.config.max_body_bytes));
+        }
+        let message: DeploymentReportMessage =
+            serde_json::from_value(parse_json(payload)?).map_err(invalid)?;
+        crate::ota::report(&self.state, device, message.deployment, message.report).await
+    }
+
     async fn shadow_get(
         &self,
         device: &DeviceId,
@@ -149,6 +177,17 @@ impl DeviceMessages {
         let actor = Actor::device(device.as_str());
         let (outcome, _) = shadow::write(&self.state, &actor, device, name, update).await?;
         Ok(outcome.accepted_json())
+    }
+}
+
+/// The offer on `drover/{id}/deployments/next`; an empty payload when there is none.
+pub fn offer_message(device: &DeviceId, offer: Option<&UpdateOffer>) -> Outgoing {
+    match offer {
+        Some(offer) => json(mqtt::deployments_next(device), offer),
+        None => Outgoing {
+            topic: mqtt::deployments_next(device),
+            payload: Vec::new(),
+        },
     }
 }
 

@@ -58,6 +58,35 @@ impl Transport {
 /// there already, and `drover serve` must start beside it without configuration.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1884";
 
+/// Publishes the offer to the device whenever an operator deploys to it, for the life of the
+/// server. Devices that miss it (offline, or connected to another replica's broker) find it with
+/// `deployments/get` or the HTTP check.
+pub async fn publish_offers<F, Fut>(messages: DeviceMessages, publish: F)
+where
+    F: Fn(Outgoing) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let state = messages.state().clone();
+    let mut created = state.offers.subscribe();
+    loop {
+        let device = match created.recv().await {
+            Ok(device) => device,
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "MQTT offer publisher fell behind; those devices find their offer at their next check");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match crate::ota::offer_for(&state, &device).await {
+            Ok(Some(offer)) => publish(handler::offer_message(&device, Some(&offer))).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e.message, %device, "cannot read the offer to publish")
+            }
+        }
+    }
+}
+
 /// Publishes the delta to the device whenever operators change a shadow's desired state and a
 /// delta remains, for the life of the server. `publish` sends one message through the transport.
 pub async fn publish_deltas<F, Fut>(messages: DeviceMessages, publish: F)

@@ -184,6 +184,52 @@ fn code(rejection: &Value) -> &str {
 }
 
 api_tests! {
+    async fn offers_reach_devices_over_mqtt_and_reports_come_back(app) {
+        crate::artifacts::upload(app, "sensor-fw", "1.1.0", crate::artifacts::image(2000, 1)).await;
+        let credential = provision(app, "mq-ota").await;
+        let (status, _) = app.patch("/api/v1/devices/mq-ota", json!({"firmware": "1.0.0"})).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut device = Device::connect(app, "mq-ota", &credential).await;
+
+        // Nothing yet: an empty payload.
+        device.publish("drover/mq-ota/deployments/get", Vec::new()).await;
+        assert_eq!(device.expect("drover/mq-ota/deployments/next").await, json!(""));
+
+        // An operator deploys: the offer is pushed at once.
+        let (status, deployment) = app
+            .post("/api/v1/devices/mq-ota/deployments", json!({"artifact": "sensor-fw", "version": "1.1.0"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{deployment}");
+        let offer = device.expect("drover/mq-ota/deployments/next").await;
+        assert_eq!(offer["deployment"], deployment["id"]);
+        assert_eq!(offer["image"]["target"], "sensor-fw/1.1.0/sensor-fw-1.1.0.img");
+        device.publish("drover/mq-ota/deployments/get", Vec::new()).await;
+        assert_eq!(device.expect("drover/mq-ota/deployments/next").await, offer);
+
+        // Reports over MQTT move the deployment, with the HTTP API's checks.
+        let id = deployment["id"].clone();
+        device.publish_json("drover/mq-ota/deployments/status", json!({"deployment": id, "state": "downloading", "bytes_done": 10})).await;
+        let accepted = device.expect("drover/mq-ota/deployments/status/accepted").await;
+        assert_eq!(accepted, json!({"deployment": id, "state": "downloading"}));
+        device.publish_json("drover/mq-ota/deployments/status", json!({"deployment": id, "state": "succeeded", "firmware": "1.0.0"})).await;
+        let rejected = device.expect("drover/mq-ota/deployments/status/rejected").await;
+        assert_eq!(code(&rejected), "invalid_request", "{rejected}");
+        device.publish_json("drover/mq-ota/deployments/status", json!({"deployment": 999, "state": "failed", "reason": "x"})).await;
+        let rejected = device.expect("drover/mq-ota/deployments/status/rejected").await;
+        assert_eq!(code(&rejected), "not_found", "{rejected}");
+        device.publish("drover/mq-ota/deployments/status", b"{not json".to_vec()).await;
+        let rejected = device.expect("drover/mq-ota/deployments/status/rejected").await;
+        assert_eq!(code(&rejected), "invalid_json", "{rejected}");
+        device.publish_json("drover/mq-ota/deployments/status", json!({"deployment": id, "state": "failed", "reason": "no space", "failure": "install_failed"})).await;
+        device.expect("drover/mq-ota/deployments/status/accepted").await;
+        device.publish_json("drover/mq-ota/deployments/status", json!({"deployment": id, "state": "downloading"})).await;
+        let rejected = device.expect("drover/mq-ota/deployments/status/rejected").await;
+        assert_eq!(code(&rejected), "conflict", "{rejected}");
+        let (_, list) = app.get("/api/v1/devices/mq-ota/deployments").await;
+        assert_eq!(list[0]["state"], "failed");
+        assert_eq!(list[0]["failure"], "install_failed");
+    }
+
     async fn a_heartbeat_is_stored_by_the_time_its_puback_arrives(app) {
         let credential = provision(app, "mq-hb").await;
         let mut device = Device::connect(app, "mq-hb", &credential).await;
