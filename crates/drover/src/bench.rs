@@ -17,6 +17,8 @@ use serde_json::Value;
 pub enum BenchCommand {
     /// Binary delta size, generation and apply time and apply memory (anchors: bsdiff, zstd --patch-from).
     Delta(crate::bench_delta::DeltaArgs),
+    /// Artifact download throughput over loopback, whole and resumed (anchor: nginx serving the same file).
+    Download(crate::bench_download::DownloadArgs),
     /// Import a synthetic fleet and time queries, counts and dynamic groups.
     Registry(RegistryArgs),
     /// Drive heartbeats over HTTP (single or batched) and measure durable throughput and latency.
@@ -76,6 +78,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Mqtt(args) => crate::bench_mqtt::mqtt(args).await,
         BenchCommand::MqttIdle(args) => crate::bench_mqtt::idle(args).await,
         BenchCommand::Delta(args) => crate::bench_delta::run(args).await,
+        BenchCommand::Download(args) => crate::bench_download::run(args).await,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod bench;
 mod bench_delta;
+mod bench_download;
 mod bench_mqtt;
 pub mod cli;
 pub mod serve;
