@@ -357,6 +357,24 @@ api_tests! {
         assert_eq!(stored_files(&app).len(), 1);
     }
 
+    async fn a_download_only_deployment_ends_once_the_image_is_downloaded(app) {
+        upload(&app, "sensor-fw", "1.1.0", image(1000, 1)).await;
+        let credential = device(&app, "dev-1", "1.0.0").await;
+        let (_, deployment) = app
+            .post("/api/v1/devices/dev-1/deployments", json!({"artifact": "sensor-fw", "version": "1.1.0", "update_type": "download_only"}))
+            .await;
+        assert_eq!(deployment["update_type"], "download_only");
+        let path = format!("/api/device/v1/deployments/{}/status", deployment["id"]);
+        let (status, body) = app.send(Method::POST, &path, Some(&credential), Some(json!({"state": "downloaded"}))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["finished_at"].is_string(), "{body}");
+        let (status, _) = app.send(Method::GET, "/api/device/v1/deployments/next", Some(&credential), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        // Installing it is a new deployment.
+        let (status, body) = app.post("/api/v1/devices/dev-1/deployments", json!({"artifact": "sensor-fw", "version": "1.1.0"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     async fn a_failed_report_needs_a_reason_and_keeps_it(app) {
         upload(&app, "sensor-fw", "1.1.0", image(1000, 1)).await;
         let credential = device(&app, "dev-1", "1.0.0").await;

@@ -274,7 +274,11 @@ pub async fn report<D: Db>(
             report.state.as_str()
         )));
     }
-    let finished = report.state.is_final();
+    // A download-only deployment is done once the verified image waits in the inactive slot; a
+    // later (forced or soft) deployment of the same version installs it without downloading.
+    let finished = report.state.is_final()
+        || (current.update_type == UpdateType::DownloadOnly
+            && report.state == DeploymentState::Downloaded);
     let deadline = (!finished).then(|| now.saturating_add(step_timeout));
     db.execute(
         "UPDATE deployments SET state = $1, reason = $2, failure = $3,
