@@ -5,10 +5,8 @@
 //! the directory), so a power cut leaves either the old or the new state, never half of one. It is
 //! created with mode `0600`: the credential is the device's identity.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use drover_core::DeviceId;
 use serde::{Deserialize, Serialize};
@@ -86,40 +84,21 @@ impl StateStore {
         }
     }
 
-    /// Replaces the stored state atomically.
+    /// Replaces the stored state atomically (see [`crate::update::persist::write_atomic`]).
     pub fn save(&self, state: &State) -> Result<(), StateError> {
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| StateError::Io {
+            action: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
         // The directory holds a secret too: keep others out (best effort on an existing one).
         let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
-        let path = self.path();
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        // `mode` applies only to new files; a stale temporary file keeps its own.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io("protect", &tmp))?;
-        file.write_all(&bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io("replace", &path))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io("sync", &self.dir))?;
-        Ok(())
+        crate::update::persist::write_atomic(&self.path(), &bytes).map_err(|e| StateError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 

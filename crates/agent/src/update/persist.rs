@@ -1,5 +1,5 @@
 //! The update state file (`update.json` in the agent's state directory) and the atomic file
-//! writes every other update record relies on.
+//! writes every other agent record relies on (`state.json` too).
 //!
 //! A write goes to a temporary file beside the target (`.update.json.tmp`), which is fsynced,
 //! renamed over the target, and then the directory is fsynced, so after a power cut the file is
@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::machine::Record;
@@ -132,6 +132,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io("create", &tmp))?;
+    // `mode` applies only to new files; a stale temporary file keeps its own.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io("protect", &tmp))?;
     file.write_all(bytes).map_err(io("write", &tmp))?;
     file.sync_all().map_err(io("sync", &tmp))?;
     drop(file);
