@@ -73,8 +73,9 @@ pub struct Storage {
 
 /// Size of each part of a multipart upload (S3's minimum part is 5 MiB).
 const PART_SIZE: usize = 8 << 20;
-/// Read buffer for local files: large enough that a download is not bound by per-chunk overhead.
-const READ_CHUNK: usize = 256 << 10;
+/// Read size for local files: large enough that a download is not bound by per-chunk overhead
+/// (each chunk is one hand-off to the blocking pool and back).
+const READ_CHUNK: usize = 1 << 20;
 
 impl Storage {
     /// Opens the store named by `config`, creating a local directory if needed.
@@ -275,16 +276,9 @@ fn file_stream(
             if !seeked {
                 file.seek(SeekFrom::Start(pos))?;
             }
-            let mut buf = vec![0u8; want];
-            let mut filled = 0;
-            while filled < want {
-                let n = file.read(&mut buf[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            buf.truncate(filled);
+            // Reading into spare capacity skips zero-filling a buffer the read overwrites anyway.
+            let mut buf = Vec::with_capacity(want);
+            (&mut file).take(want as u64).read_to_end(&mut buf)?;
             Ok::<_, std::io::Error>((file, buf))
         })
         .await
