@@ -728,6 +728,22 @@ impl Store {
         with_db!(self, read, |db| ops::deployments::offer(db, &device).await)
     }
 
+    /// Whether a device may download the files of artifact `artifact_seq` (its unfinished
+    /// deployment installs it).
+    pub async fn may_download(
+        &self,
+        device: &DeviceId,
+        artifact_seq: i64,
+    ) -> Result<bool, StoreError> {
+        let device = device.clone();
+        with_db!(self, read, |db| ops::deployments::may_download(
+            db,
+            &device,
+            artifact_seq
+        )
+        .await)
+    }
+
     /// Applies a device's step report.
     pub async fn report_deployment(
         &self,

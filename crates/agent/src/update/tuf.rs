@@ -72,7 +72,10 @@ impl Verifier for TufVerifier {
         let now = time::OffsetDateTime::now_utc();
         let root = self.trusted_root(source)?;
         let mut set = TrustedSet::new(&root).map_err(rejected)?;
-        let mut root_changed = !self.dir.join(ROOT_FILE).exists();
+        // The first trusted root (configured or taken on first use) is kept once it verified.
+        if !self.dir.join(ROOT_FILE).exists() {
+            self.save(ROOT_FILE, &root)?;
+        }
         loop {
             let name = set.next_root_file_name();
             let Some(bytes) = source.fetch_metadata(&name)? else {
@@ -81,10 +84,6 @@ impl Verifier for TufVerifier {
             set.update_root(&bytes).map_err(rejected)?;
             // Each accepted root is kept at once: the chain is walked only forward.
             self.save(ROOT_FILE, &bytes)?;
-            root_changed = false;
-        }
-        if root_changed {
-            self.save(ROOT_FILE, &root)?;
         }
         // Earlier accepted metadata guards against replays; a cached file signed by keys a new
         // root no longer trusts is simply not used.

@@ -104,12 +104,12 @@ pub async fn target(
         .filter(|file| file.object.info.sha256 == hash)
         .ok_or_else(missing)?;
     // Per-device authorisation: only the artifact of the device's own unfinished deployment.
-    let allowed = state
+    // Checked on every (range) request, so one indexed lookup rather than the whole offer.
+    if !state
         .store
-        .deployment_offer(&device.id)
+        .may_download(&device.id, file.artifact_seq)
         .await?
-        .is_some_and(|offer| offer.artifact.seq == file.artifact_seq);
-    if !allowed {
+    {
         return Err(missing());
     }
     let name = target_path.rsplit('/').next().unwrap_or("target");

@@ -152,18 +152,29 @@ pub async fn get<D: Db>(
     name: &ArtifactName,
     version: &Version,
 ) -> Result<ArtifactView, StoreError> {
+    let row = row_by_name(db, name, version).await?;
+    full_view(db, &row).await
+}
+
+/// The artifact row named `name` and `version`.
+async fn row_by_name<D: Db>(
+    db: &mut D,
+    name: &ArtifactName,
+    version: &Version,
+) -> Result<Row, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE a.name = $1 AND a.version = $2");
-    let row = db
-        .query(
-            &sql,
-            &[Value::from(name.as_str()), Value::from(version.to_string())],
-        )
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| not_found(name, version))?;
+    db.query_opt(
+        &sql,
+        &[Value::from(name.as_str()), Value::from(version.to_string())],
+    )
+    .await?
+    .ok_or_else(|| not_found(name, version))
+}
+
+/// The view of an artifact row, with its deltas and unfinished deployments.
+async fn full_view<D: Db>(db: &mut D, row: &Row) -> Result<ArtifactView, StoreError> {
     let seq = row.int(0)?;
-    let mut view = view(&row)?;
+    let mut view = view(row)?;
     view.deltas = deltas(db, seq).await?;
     view.active_deployments = active_deployments(db, seq).await?;
     Ok(view)
@@ -200,12 +211,8 @@ pub async fn list<D: Db>(
     let mut items = Vec::with_capacity(rows.len().min(limit));
     let mut last_seq = None;
     for row in rows.iter().take(limit) {
-        let seq = row.int(0)?;
-        let mut view = view(row)?;
-        view.deltas = deltas(db, seq).await?;
-        view.active_deployments = active_deployments(db, seq).await?;
-        items.push(view);
-        last_seq = Some(seq);
+        items.push(full_view(db, row).await?);
+        last_seq = Some(row.int(0)?);
     }
     let next_cursor = (rows.len() > limit)
         .then_some(last_seq)
@@ -220,17 +227,7 @@ pub async fn find<D: Db>(
     name: &ArtifactName,
     version: &Version,
 ) -> Result<ArtifactRef, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE a.name = $1 AND a.version = $2");
-    let row = db
-        .query(
-            &sql,
-            &[Value::from(name.as_str()), Value::from(version.to_string())],
-        )
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| not_found(name, version))?;
-    artifact_ref(&row)
+    artifact_ref(&row_by_name(db, name, version).await?)
 }
 
 /// Looks an artifact up by row id.
@@ -367,14 +364,15 @@ pub async fn delete<D: Db>(
     version: &Version,
     now: Timestamp,
 ) -> Result<Vec<String>, StoreError> {
-    let view = get(db, name, version).await?;
+    let row = row_by_name(db, name, version).await?;
+    let seq = row.int(0)?;
+    let view = full_view(db, &row).await?;
     if view.active_deployments > 0 {
         return Err(StoreError::Conflict(format!(
             "artifact {name} {version} is being deployed to {} device(s); wait for those deployments to finish or cancel them first",
             view.active_deployments
         )));
     }
-    let seq = find(db, name, version).await?.seq;
     let mut keys: Vec<String> = Vec::new();
     let rows = db
         .query(
@@ -394,14 +392,7 @@ pub async fn delete<D: Db>(
     // Content-addressed objects may still be used by another artifact or delta.
     let mut unused = Vec::new();
     for key in keys {
-        let still = db
-            .query(
-                "SELECT 1 FROM artifacts WHERE object_key = $1 OR symbols_key = $1
-                 UNION ALL SELECT 1 FROM artifact_deltas WHERE object_key = $1",
-                &[Value::from(key.as_str())],
-            )
-            .await?;
-        if still.is_empty() && !unused.contains(&key) {
+        if !unused.contains(&key) && !object_in_use(db, &key).await? {
             unused.push(key);
         }
     }

@@ -210,6 +210,23 @@ pub async fn offer<D: Db>(db: &mut D, device: &DeviceId) -> Result<Option<Offer>
     }))
 }
 
+/// Whether `device`'s unfinished deployment installs artifact `artifact_seq` (directly or through
+/// one of its deltas): the only files a device may download.
+pub async fn may_download<D: Db>(
+    db: &mut D,
+    device: &DeviceId,
+    artifact_seq: i64,
+) -> Result<bool, StoreError> {
+    let row = db
+        .query_opt(
+            "SELECT 1 FROM deployments p JOIN devices d ON d.seq = p.device_seq
+             WHERE d.id = $1 AND p.finished_at IS NULL AND p.artifact_seq = $2",
+            &[Value::from(device.as_str()), Value::Int(artifact_seq)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Applies a device's report to its deployment. `step_timeout` is how long the device may then stay
 /// silent before the deployment times out.
 pub async fn report<D: Db>(
