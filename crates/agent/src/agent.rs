@@ -27,7 +27,7 @@ use crate::scheduler::{Action, Event, Failure, ScheduleOptions, Scheduler};
 use crate::shadow_thread::{ShadowThread, ShadowWorker};
 use crate::state::{State, StateStore};
 use crate::transport::{
-    Credential, Provisioned, Provisioning, ShadowTransport, Transport, TransportError,
+    Credential, Provisioned, Provisioning, ShadowTransport, Transport,
 };
 
 /// Exit status when the configuration is unusable.
@@ -443,7 +443,7 @@ impl Agent {
                     retry_after
                 }
                 Err(e) if e.is_transient() => {
-                    let delay = backoff.on_failure(rng, retry_after(&e));
+                    let delay = backoff.on_failure(rng, e.retry_after());
                     warn!(
                         "provisioning: {e}; retrying in {:.1} s",
                         delay.as_secs_f64()
@@ -519,7 +519,7 @@ impl Agent {
                         Event::Sent
                     }
                     Err(e) => {
-                        let failure = classify(&e);
+                        let failure = Failure::of(&e);
                         match &failure {
                             Failure::Transient { .. } => {
                                 self.stats.send_failures.fetch_add(1, Ordering::SeqCst);
@@ -637,23 +637,6 @@ impl Agent {
             0 => info!("stopped"),
             n => warn!("stopped with {n} heartbeat(s) not yet sent (they are lost)"),
         }
-    }
-}
-
-fn classify(error: &TransportError) -> Failure {
-    match error {
-        TransportError::Unauthorized(_) => Failure::Unauthorized,
-        TransportError::Rejected { index, .. } => Failure::Rejected { index: *index },
-        other => Failure::Transient {
-            retry_after: retry_after(other),
-        },
-    }
-}
-
-fn retry_after(error: &TransportError) -> Option<Duration> {
-    match error {
-        TransportError::Unavailable { retry_after, .. } => *retry_after,
-        _ => None,
     }
 }
 

@@ -204,11 +204,14 @@ pub(crate) fn bearer(credential: &Credential) -> String {
     format!("Bearer {}", credential.expose())
 }
 
-/// A response read into memory.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    retry_after: Option<Duration>,
-    pub(crate) body: String,
+/// A response read into memory, sorted into the agent's error classes by [`Answer::success`]
+/// (public so that the fleet simulator, which speaks HTTP with another client, classifies the
+/// server's answers exactly as the agent does).
+pub struct Answer {
+    pub status: u16,
+    /// The `Retry-After` header, in seconds.
+    pub retry_after: Option<Duration>,
+    pub body: String,
 }
 
 impl Answer {
@@ -237,7 +240,7 @@ impl Answer {
     }
 
     /// Turns an error status into its [`TransportError`] class.
-    pub(crate) fn success(self) -> Result<Answer, TransportError> {
+    pub fn success(self) -> Result<Answer, TransportError> {
         if (200..300).contains(&self.status) {
             return Ok(self);
         }
@@ -269,7 +272,7 @@ impl Answer {
         })
     }
 
-    pub(crate) fn json<T: DeserializeOwned>(self) -> Result<T, TransportError> {
+    pub fn json<T: DeserializeOwned>(self) -> Result<T, TransportError> {
         serde_json::from_str(&self.body).map_err(|e| {
             TransportError::Protocol(format!("HTTP {} with an unreadable body: {e}", self.status))
         })

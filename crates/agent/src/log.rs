@@ -2,7 +2,16 @@
 //! output, so a full logging framework would only add size. `DROVER_AGENT_LOG=debug` shows the
 //! per-heartbeat lines; `warn` keeps only problems.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+static SILENT: AtomicBool = AtomicBool::new(false);
+
+/// Turns the log off for this process: the fleet simulator runs thousands of agents' logic and
+/// reports through its own counters instead.
+pub fn silence() {
+    SILENT.store(true, Ordering::Relaxed);
+}
 
 /// How much to print: 0 = warnings and errors, 1 = info, 2 = debug.
 fn verbosity() -> u8 {
@@ -21,7 +30,7 @@ pub(crate) fn write(level: &str, args: std::fmt::Arguments<'_>) {
         "info" => 1,
         _ => 0,
     };
-    if verbosity() >= needed {
+    if verbosity() >= needed && !SILENT.load(Ordering::Relaxed) {
         eprintln!("drover-agent {level}: {args}");
     }
 }

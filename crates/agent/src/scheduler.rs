@@ -14,6 +14,7 @@ use drover_proto::device_api::Heartbeat;
 use crate::backoff::Backoff;
 use crate::buffer::{Buffer, Seq};
 use crate::random::Rng;
+use crate::transport::TransportError;
 
 /// Most heartbeats in one request (the server's limit for `/heartbeats`).
 pub const MAX_BATCH: usize = 1000;
@@ -53,6 +54,19 @@ pub enum Failure {
     Rejected { index: Option<usize> },
     /// The credential was refused (401): the device was revoked or deleted.
     Unauthorized,
+}
+
+impl Failure {
+    /// How the scheduler should treat a failed send.
+    pub fn of(error: &TransportError) -> Failure {
+        match error {
+            TransportError::Unauthorized(_) => Failure::Unauthorized,
+            TransportError::Rejected { index, .. } => Failure::Rejected { index: *index },
+            other => Failure::Transient {
+                retry_after: other.retry_after(),
+            },
+        }
+    }
 }
 
 /// What the loop should do next.

@@ -78,6 +78,16 @@ impl TransportError {
     }
 }
 
+impl TransportError {
+    /// When the server asked to be left alone until (HTTP `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TransportError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
 fn http_status(status: Option<u16>) -> String {
     status.map(|s| format!("HTTP {s}, ")).unwrap_or_default()
 }

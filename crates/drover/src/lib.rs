@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`serve`]: configuration (defaults, TOML file, environment, flags) and running the server.
 //! - [`bench`]: `drover bench`, reproducible benchmarks against a real server.
+//! - [`sim`]: `drover sim`, a simulated fleet (crate `drover-sim`) against a server.
 //! - [`cli`]: admin subcommands (devices, groups, claims, tokens, audit), output and exit codes.
 
 pub mod bench;
@@ -12,6 +13,7 @@ mod bench_download;
 mod bench_mqtt;
 pub mod cli;
 pub mod serve;
+pub mod sim;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,8 @@ pub enum Command {
     /// Run a benchmark against a real server on a fresh store (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a simulated fleet (a scenario file) against a server, over the real device APIs.
+    Sim(sim::SimArgs),
     #[command(flatten)]
     Admin(cli::AdminCommand),
 }
@@ -57,6 +61,10 @@ pub fn main() -> ExitCode {
         Command::Serve(serve_args) => finish(runtime.block_on(serve::run(serve_args))),
         Command::RecoverAdmin(recover) => finish(runtime.block_on(serve::recover_admin(recover))),
         Command::Bench(command) => finish(runtime.block_on(bench::run(command))),
+        Command::Sim(sim_args) => {
+            let client = args.client;
+            finish(runtime.block_on(sim::run(sim_args, client.server, client.token, client.json)))
+        }
         Command::Admin(command) => runtime.block_on(cli::run(args.client, command)),
     }
 }
@@ -69,5 +77,17 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks every subcommand's arguments (unique names, valid defaults) only when that
+    /// subcommand is parsed in a debug build; this checks them all at once.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

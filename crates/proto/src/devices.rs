@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use drover_core::health::MetricName;
 use drover_core::{
     Connectivity, Device, DeviceId, DeviceStatus, DeviceType, HardwareId, Label, TagKey, TagValue,
     Timestamp, Version,
@@ -293,6 +294,54 @@ pub struct HealthView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_slot: Option<String>,
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// `GET /api/v1/health/rollups`: how one metric behaved on the devices running one firmware
+/// version, bucket by bucket. Built from the rollups heartbeat ingest keeps per firmware, metric
+/// and time bucket, so it covers any window without the raw samples (which are pruned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CohortRollupView {
+    /// The firmware version the devices reported with their heartbeats (the cohort). Empty for
+    /// devices that never reported one.
+    #[schema(example = "2.3.1")]
+    pub firmware: String,
+    #[schema(value_type = String, example = "mem_free_bytes")]
+    pub metric: MetricName,
+    /// Width of each bucket: the server's rollup bucket (60 s by default) unless a wider one was
+    /// asked for.
+    pub bucket_seconds: u64,
+    /// Buckets that received at least one heartbeat, oldest first; quiet buckets are left out.
+    pub buckets: Vec<RollupBucketView>,
+}
+
+/// The statistics of one metric over one firmware cohort and one time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RollupBucketView {
+    /// Start of the bucket (buckets are aligned to the Unix epoch).
+    #[schema(value_type = String, format = DateTime)]
+    pub bucket: Timestamp,
+    /// Readings of the metric in the bucket (one per heartbeat that carried it).
+    pub count: u64,
+    pub mean: f64,
+    /// Sample standard deviation; absent with a single reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stddev: Option<f64>,
+    pub min: f64,
+    pub max: f64,
+    /// The quantiles come from a sketch: each is within 1 % (relative) of a reading truly at that
+    /// rank, and never outside `min..=max`.
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// The answer of `GET /api/v1/health/rollups`: one cohort when `firmware` was given, otherwise
+/// every firmware version with rollups of the metric in the window (in version order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CohortRollups {
+    One(CohortRollupView),
+    All(Vec<CohortRollupView>),
 }
 
 /// A device's connectivity now and how it changed (`GET /api/v1/devices/{id}/connectivity`).

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{artifacts, audit, auth, device_api, devices, groups, shadow, tuf, updates};
+use crate::routes::{
+    artifacts, audit, auth, device_api, devices, groups, health, shadow, tuf, updates,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +15,7 @@ use crate::routes::{artifacts, audit, auth, device_api, devices, groups, shadow,
         devices::list, devices::count, devices::create, devices::get, devices::update, devices::delete,
         devices::decommission, devices::accept, devices::reject, devices::rotate_credential,
         devices::revoke_credentials, devices::groups, devices::health, devices::connectivity, devices::bulk_update, devices::import,
+        health::rollups,
         groups::list, groups::create, groups::get, groups::update, groups::delete, groups::devices,
         groups::add_members, groups::remove_members,
         auth::whoami, auth::list_tokens, auth::create_token, auth::revoke_token,
@@ -33,6 +36,7 @@ use crate::routes::{artifacts, audit, auth, device_api, devices, groups, shadow,
         (name = "groups", description = "Static and dynamic groups"),
         (name = "auth", description = "Operator tokens and claim tokens"),
         (name = "audit", description = "Audit log"),
+        (name = "health", description = "Fleet health: heartbeat statistics per firmware version"),
         (name = "shadows", description = "Device shadows: desired and reported state"),
         (name = "artifacts", description = "Firmware artifacts and their deltas"),
         (name = "deployments", description = "Installing an artifact on one device"),

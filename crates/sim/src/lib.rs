@@ -15,14 +15,32 @@
 //! - [`time`]: time compression: simulated ↔ wall time for a speed-up, and per-hour rates over a
 //!   simulated interval.
 //!
-//! This crate is the simulator's model and has no IO: it reads text and returns values. The virtual
-//! devices that run the agent's logic over HTTP and MQTT, the transport layer that applies the
-//! network models, and the `drover sim` command that runs them are built on top of this model.
+//! - [`net`]: the network models as the transport layer applies them (latency, jitter, loss as
+//!   retransmission delay, bandwidth, disconnect periods), without root.
+//! - [`api`]: the HTTP device API over one shared connection pool, classifying answers with the
+//!   agent's own code; [`mqtt`]: one device's MQTT connection, driven by the agent's session state
+//!   machine; [`verify`]: one TUF client (the agent's) shared by the whole fleet.
+//! - [`device`]: a virtual device — the agent's heartbeat scheduler, shadow sync and update state
+//!   machine (with its simulated bootloader) as async loops, with readings and firmware behaviour
+//!   from the scenario.
+//! - [`run`]: a whole run: claim token, saved credentials, one task per device, progress and
+//!   summary. [`stats`]: the fleet's counters.
+//!
+//! The model modules (`scenario`, `sample`, `time`) have no IO; the rest runs on the caller's tokio
+//! runtime. `drover sim` is the command-line front end.
 
+pub mod api;
+pub mod device;
+pub mod mqtt;
+pub mod net;
+pub mod run;
 pub mod sample;
 pub mod scenario;
+pub mod stats;
 pub mod time;
+pub mod verify;
 
+pub use run::{run, RunOptions, Summary};
 pub use sample::{expand_fleet, metric_sample, SimRng, Transport, VirtualDeviceSpec};
 pub use scenario::{
     match_firmware, Bandwidth, Cohort, Distribution, DurationModel, FirmwareBehaviour, FirmwareKey,

@@ -881,6 +881,21 @@ impl Store {
         .await)
     }
 
+    /// Rollups of one metric for every firmware version that has some over `[from, to)`, ordered
+    /// by firmware (byte order) and bucket.
+    pub async fn metric_rollups(
+        &self,
+        metric: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<CohortRollup>, StoreError> {
+        let metric = metric.to_owned();
+        with_db!(self, read, |db| ops::health::metric_rollups(
+            db, &metric, from, to
+        )
+        .await)
+    }
+
     /// Marks offline up to `limit` devices whose heartbeat deadline passed; returns their ids.
     pub async fn mark_offline(
         &self,

@@ -13,7 +13,7 @@
 //! `…/accepted` and `…/rejected` topics are the acknowledgement, and a lost request is retried
 //! after a timeout like a lost answer.
 
-mod session;
+pub mod session;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};

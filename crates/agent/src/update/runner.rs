@@ -261,7 +261,7 @@ impl UpdateRunner {
                 }
                 let mut writer = Checkpointing {
                     file: &mut file,
-                    position: 0,
+                    position: from,
                     last_checkpoint: from,
                     checkpoint: &mut |bytes_done| {
                         parts

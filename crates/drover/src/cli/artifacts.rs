@@ -24,6 +24,8 @@ use crate::cli::{CliError, ErrorKind};
 #[derive(Debug, Subcommand)]
 pub enum ArtifactsCommand {
     /// Upload a firmware image with its metadata (streamed; a progress line on a terminal).
+    // `version` is an argument here, so `--version` cannot be the propagated version flag.
+    #[command(disable_version_flag = true)]
     Upload(UploadArgs),
     /// List artifacts, newest upload first.
     List {
@@ -34,11 +36,15 @@ pub enum ArtifactsCommand {
         paging: Paging,
     },
     /// Show one artifact: files, hashes, provenance, deltas.
+    // `version` is an argument here, so `--version` cannot be the propagated version flag.
+    #[command(disable_version_flag = true)]
     Show {
         name: ArtifactName,
         version: Version,
     },
     /// Download an artifact's image (or its debug symbols); resumes a partial file.
+    // `version` is an argument here, so `--version` cannot be the propagated version flag.
+    #[command(disable_version_flag = true)]
     Download {
         name: ArtifactName,
         version: Version,
@@ -50,6 +56,8 @@ pub enum ArtifactsCommand {
         symbols: bool,
     },
     /// Delete an artifact and its files (refused while it is being deployed).
+    // `version` is an argument here, so `--version` cannot be the propagated version flag.
+    #[command(disable_version_flag = true)]
     Delete {
         name: ArtifactName,
         version: Version,
@@ -98,6 +106,8 @@ pub struct UploadArgs {
 #[derive(Debug, Subcommand)]
 pub enum DeploymentsCommand {
     /// Install an artifact on one device.
+    // `version` is an argument here, so `--version` cannot be the propagated version flag.
+    #[command(disable_version_flag = true)]
     Create {
         device: DeviceId,
         #[arg(long)]

@@ -26,7 +26,7 @@
 //! - [`paging`]: one page with a hint for the next, or every page with `--all`.
 //! - [`devices`] (with [`import`]), [`groups`], [`auth`] (claims, tokens, whoami), [`audit`],
 //!   [`query`], [`shadow`], [`artifacts`] (artifacts and deployments), [`keys`] (offline TUF
-//!   keys): the commands.
+//!   keys), [`health`] (heartbeat statistics per firmware version): the commands.
 
 pub mod artifacts;
 pub mod audit;
@@ -34,6 +34,7 @@ pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod groups;
+pub mod health;
 pub mod import;
 pub mod keys;
 pub mod output;
@@ -100,6 +101,9 @@ pub enum AdminCommand {
     /// Check fleet queries.
     #[command(subcommand)]
     Query(query::QueryCommand),
+    /// Fleet health: heartbeat metrics per firmware version over time.
+    #[command(subcommand)]
+    Health(health::HealthCommand),
     /// Device shadows: set desired state, see what the device reports and what it has yet to do.
     #[command(subcommand)]
     Shadow(shadow::ShadowCommand),
@@ -141,6 +145,7 @@ async fn dispatch(options: &ClientOptions, command: AdminCommand) -> Result<(), 
         AdminCommand::Whoami => auth::whoami(&client, json).await,
         AdminCommand::Audit(args) => audit::run(&client, json, args).await,
         AdminCommand::Query(command) => query::run(&client, json, command).await,
+        AdminCommand::Health(command) => health::run(&client, json, command).await,
         AdminCommand::Shadow(command) => shadow::run(&client, json, command).await,
         AdminCommand::Artifacts(command) => artifacts::run(&client, json, command).await,
         AdminCommand::Deployments(command) => {

@@ -7,6 +7,7 @@ pub mod device_api;
 pub mod devices;
 pub mod download;
 pub mod groups;
+pub mod health;
 pub mod ops;
 pub mod shadow;
 pub mod tuf;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/{id}/groups", get(devices::groups))
         .route("/devices/{id}/health", get(devices::health))
         .route("/devices/{id}/connectivity", get(devices::connectivity))
+        .route("/health/rollups", get(health::rollups))
         .route(
             "/devices/{id}/shadow",
             get(shadow::get)

@@ -342,7 +342,7 @@ pub async fn latest<D: Db>(db: &mut D, id: &DeviceId) -> Result<Option<DeviceHea
     }))
 }
 
-/// Rollups of `metric` for `firmware` with buckets in `[from, to)`.
+/// Rollups of `metric` for `firmware` with buckets in `[from, to)`, oldest first.
 pub async fn rollups<D: Db>(
     db: &mut D,
     firmware: &str,
@@ -369,12 +369,46 @@ pub async fn rollups<D: Db>(
                     sum_sq: row.float(3)?,
                     min: row.float(4)?,
                     max: row.float(5)?,
-                    sketch: QuantileSketch::from_bytes(&row.bytes(6)?)
-                        .ok_or_else(|| StoreError::Corrupt("unreadable sketch".into()))?,
+                    sketch: QuantileSketch::from_bytes(&row.bytes(6)?).ok_or_else(|| {
+                        StoreError::Corrupt(format!("unreadable sketch for {firmware}/{metric}"))
+                    })?,
                 },
             })
         })
         .collect()
+}
+
+/// Rollups of `metric` for every firmware version, with buckets in `[from, to)`: ordered by
+/// firmware (byte order of the stored text) and then bucket.
+///
+/// The table's key starts with the firmware, so a filter on the metric alone would scan every
+/// rollup ever kept. Instead the distinct firmware values are walked through the key (one index
+/// probe each, a "loose index scan" written as a recursive query both backends run) and each
+/// cohort is then read by its key range, so the cost grows with the number of firmware versions
+/// and the rows returned, not with the rollup history.
+pub async fn metric_rollups<D: Db>(
+    db: &mut D,
+    metric: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<CohortRollup>, StoreError> {
+    let cohorts = db
+        .query(
+            "WITH RECURSIVE cohorts (firmware) AS (
+                 SELECT MIN(firmware) FROM cohort_rollups
+                 UNION ALL
+                 SELECT (SELECT MIN(r.firmware) FROM cohort_rollups r WHERE r.firmware > c.firmware)
+                 FROM cohorts c WHERE c.firmware IS NOT NULL
+             )
+             SELECT firmware FROM cohorts WHERE firmware IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for row in &cohorts {
+        out.extend(rollups(db, &row.text(0)?, metric, from, to).await?);
+    }
+    Ok(out)
 }
 
 /// Deletes raw samples observed before `before`; returns how many.

@@ -54,6 +54,92 @@ pub struct SimEnv {
     pub booted: Slot,
 }
 
+impl SimEnv {
+    /// A fresh device's environment: slot `a`, committed, not booted yet.
+    pub fn factory() -> SimEnv {
+        SimEnv {
+            boot_part: Slot::A,
+            upgrade_available: false,
+            bootcount: 0,
+            bootlimit: 1,
+            boot_seq: 0,
+            booted: Slot::A,
+        }
+    }
+
+    /// What the running system can tell about this boot.
+    pub fn status(&self) -> BootStatus {
+        BootStatus {
+            booted: self.booted,
+            trying: self.upgrade_available && self.boot_part == self.booted,
+            boot_id: format!("sim-{}", self.boot_seq),
+        }
+    }
+
+    /// Boots `slot` once on the next boot; refused for the running slot.
+    pub fn mark_try_once(&mut self, slot: Slot) -> Result<(), SlotError> {
+        if slot == self.booted {
+            return Err(SlotError::Env(format!(
+                "cannot try slot {slot} once: it is running"
+            )));
+        }
+        self.boot_part = slot;
+        self.upgrade_available = true;
+        self.bootcount = 0;
+        Ok(())
+    }
+
+    /// Keeps the slot on trial, if it is the running one; `false` when nothing changed.
+    pub fn commit(&mut self) -> bool {
+        if self.upgrade_available && self.boot_part == self.booted {
+            self.upgrade_available = false;
+            self.bootcount = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Gives up the slot on trial; `false` when nothing was on trial.
+    pub fn roll_back(&mut self) -> bool {
+        if self.upgrade_available {
+            self.boot_part = self.boot_part.other();
+            self.upgrade_available = false;
+            self.bootcount = 0;
+            return true;
+        }
+        false
+    }
+
+    /// One power cycle of the bootloader's bootcount / bootlimit logic: `boots` says whether a
+    /// slot's image comes up. Returns the slot that booted, or `None` when the committed slot
+    /// does not boot either (a bricked device, which the update protocol must never produce).
+    pub fn power_cycle<E>(
+        &mut self,
+        mut boots: impl FnMut(Slot) -> Result<bool, E>,
+    ) -> Result<Option<Slot>, E> {
+        // Each failed boot counts against the try-once slot, so this ends within bootlimit + 1.
+        for _ in 0..=self.bootlimit.saturating_add(1) {
+            self.boot_seq += 1;
+            if self.upgrade_available {
+                self.bootcount += 1;
+                if self.bootcount > self.bootlimit {
+                    self.boot_part = self.boot_part.other();
+                    self.upgrade_available = false;
+                }
+            }
+            let slot = self.boot_part;
+            if boots(slot)? {
+                self.booted = slot;
+                return Ok(Some(slot));
+            }
+            if !self.upgrade_available {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The simulated slot pair in a directory.
 #[derive(Debug, Clone)]
 pub struct SimulatedSlots {
@@ -85,14 +171,7 @@ impl SimulatedSlots {
             if std::fs::metadata(&factory).map_or(true, |m| m.len() == 0) {
                 persist::write_atomic(&factory, FACTORY_IMAGE)?;
             }
-            slots.save_env(&SimEnv {
-                boot_part: Slot::A,
-                upgrade_available: false,
-                bootcount: 0,
-                bootlimit: 1,
-                boot_seq: 0,
-                booted: Slot::A,
-            })?;
+            slots.save_env(&SimEnv::factory())?;
             slots.power_cycle()?;
         }
         Ok(slots)
@@ -162,31 +241,14 @@ impl SimulatedSlots {
     /// update protocol must never produce).
     pub fn power_cycle(&self) -> Result<Slot, SlotError> {
         let mut env = self.env()?;
-        // Each failed boot counts against the try-once slot, so this ends within bootlimit + 1.
-        for _ in 0..=env.bootlimit.saturating_add(1) {
-            env.boot_seq += 1;
-            if env.upgrade_available {
-                env.bootcount += 1;
-                if env.bootcount > env.bootlimit {
-                    env.boot_part = env.boot_part.other();
-                    env.upgrade_available = false;
-                }
-            }
-            let slot = env.boot_part;
-            if self.boots(slot)? {
-                env.booted = slot;
-                self.save_env(&env)?;
-                return Ok(slot);
-            }
-            if !env.upgrade_available {
-                break;
-            }
-        }
+        let booted = env.power_cycle(|slot| self.boots(slot))?;
         self.save_env(&env)?;
-        Err(SlotError::Env(format!(
-            "the simulated device is bricked: committed slot {} does not boot",
-            env.boot_part
-        )))
+        booted.ok_or_else(|| {
+            SlotError::Env(format!(
+                "the simulated device is bricked: committed slot {} does not boot",
+                env.boot_part
+            ))
+        })
     }
 
     /// The bytes of `slot`'s image (its recorded length, or the whole file).
@@ -245,12 +307,7 @@ impl SimulatedSlots {
 
 impl SlotBackend for SimulatedSlots {
     fn status(&mut self) -> Result<BootStatus, SlotError> {
-        let env = self.env()?;
-        Ok(BootStatus {
-            booted: env.booted,
-            trying: env.upgrade_available && env.boot_part == env.booted,
-            boot_id: format!("sim-{}", env.boot_seq),
-        })
+        Ok(self.env()?.status())
     }
 
     fn open(&mut self, slot: Slot, write: bool) -> Result<std::fs::File, SlotError> {
@@ -272,22 +329,13 @@ impl SlotBackend for SimulatedSlots {
 
     fn mark_try_once(&mut self, slot: Slot) -> Result<(), SlotError> {
         let mut env = self.env()?;
-        if slot == env.booted {
-            return Err(SlotError::Env(format!(
-                "cannot try slot {slot} once: it is running"
-            )));
-        }
-        env.boot_part = slot;
-        env.upgrade_available = true;
-        env.bootcount = 0;
+        env.mark_try_once(slot)?;
         self.save_env(&env)
     }
 
     fn commit(&mut self) -> Result<(), SlotError> {
         let mut env = self.env()?;
-        if env.upgrade_available && env.boot_part == env.booted {
-            env.upgrade_available = false;
-            env.bootcount = 0;
+        if env.commit() {
             self.save_env(&env)?;
         }
         Ok(())
@@ -295,10 +343,7 @@ impl SlotBackend for SimulatedSlots {
 
     fn roll_back(&mut self) -> Result<(), SlotError> {
         let mut env = self.env()?;
-        if env.upgrade_available {
-            env.boot_part = env.boot_part.other();
-            env.upgrade_available = false;
-            env.bootcount = 0;
+        if env.roll_back() {
             self.save_env(&env)?;
         }
         Ok(())
