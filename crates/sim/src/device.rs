@@ -32,6 +32,7 @@ use drover_core::health::MetricName;
 use drover_core::{ArtifactName, HardwareId, Label, Timestamp, Version};
 use drover_proto::device_api::{Heartbeat, ProvisionRequest};
 use drover_proto::update::DeploymentState;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 
@@ -69,37 +70,65 @@ pub struct Fleet {
     pub stop: watch::Receiver<bool>,
 }
 
-/// Device credentials by device id, saved between runs so a fleet comes back as itself.
+/// What a device keeps between runs: its credential, and the image it runs when that is not the
+/// scenario's firmware (it installed an update), so a fleet comes back as it was left.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedDevice {
+    pub credential: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<SavedSlot>,
+}
+
+/// The committed slot and its image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedSlot {
+    pub slot: Slot,
+    pub image: SlotImage,
+}
+
+/// The fleet's saved devices by device id.
 #[derive(Debug, Default)]
 pub struct Credentials {
-    map: Mutex<BTreeMap<String, String>>,
+    map: Mutex<BTreeMap<String, SavedDevice>>,
 }
 
 impl Credentials {
-    pub fn from_map(map: BTreeMap<String, String>) -> Credentials {
+    pub fn from_map(map: BTreeMap<String, SavedDevice>) -> Credentials {
         Credentials {
             map: Mutex::new(map),
         }
     }
 
-    pub fn get(&self, device: &str) -> Option<Credential> {
-        self.lock().get(device).cloned().map(Credential::new)
+    pub fn get(&self, device: &str) -> Option<SavedDevice> {
+        self.lock().get(device).cloned()
     }
 
     pub fn insert(&self, device: &str, credential: &Credential) {
-        self.lock()
-            .insert(device.to_owned(), credential.expose().to_owned());
+        self.lock().insert(
+            device.to_owned(),
+            SavedDevice {
+                credential: credential.expose().to_owned(),
+                running: None,
+            },
+        );
+    }
+
+    /// Records the committed image a device runs.
+    pub fn set_running(&self, device: &str, running: Option<SavedSlot>) {
+        if let Some(saved) = self.lock().get_mut(device) {
+            saved.running = running;
+        }
     }
 
     pub fn remove(&self, device: &str) {
         self.lock().remove(device);
     }
 
-    pub fn to_map(&self) -> BTreeMap<String, String> {
+    pub fn to_map(&self) -> BTreeMap<String, SavedDevice> {
         self.lock().clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SavedDevice>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -123,6 +152,10 @@ pub async fn run(fleet: &Fleet, spec: VirtualDeviceSpec) {
         fleet.stats.stopped.fetch_add(1, Relaxed);
         return;
     };
+    let saved = fleet
+        .credentials
+        .get(spec.id.as_str())
+        .and_then(|saved| saved.running);
     let mqtt = match (spec.transport, &fleet.broker) {
         (Transport::Mqtt, Some(broker)) => Some(MqttLink::new(
             spec.id.clone(),
@@ -132,23 +165,37 @@ pub async fn run(fleet: &Fleet, spec: VirtualDeviceSpec) {
         _ => None,
     };
     let device = Device::new(fleet, spec, credential, link, mqtt);
+    let slots = Slots::new(saved.as_ref());
     fleet.stats.firmware_changed(None, &device.spec.firmware);
+    device.booted(
+        slots.env.booted,
+        slots.images[idx(slots.env.booted)].as_ref(),
+    );
     let seed = device.spec.rng_seed;
+    let shadow = fleet.scenario.run.shadow;
     match &device.mqtt {
         Some(mqtt) => {
             let link = device.link();
             tokio::join!(
                 mqtt.pump(&link, seed ^ 0x5eed, fleet.stop.clone()),
                 device.heartbeats(),
-                device.shadow_over_mqtt(mqtt),
-                device.updates(),
+                async {
+                    if shadow {
+                        device.shadow_over_mqtt(mqtt).await
+                    }
+                },
+                device.updates(slots),
             );
         }
         None => {
             tokio::join!(
                 device.heartbeats(),
-                device.shadow_over_http(),
-                device.updates()
+                async {
+                    if shadow {
+                        device.shadow_over_http().await
+                    }
+                },
+                device.updates(slots)
             );
         }
     }
@@ -161,9 +208,9 @@ async fn provision(
     link: &Link,
     rng: &mut SimRng,
 ) -> Option<Credential> {
-    if let Some(credential) = fleet.credentials.get(spec.id.as_str()) {
+    if let Some(saved) = fleet.credentials.get(spec.id.as_str()) {
         fleet.stats.provisioned.fetch_add(1, Relaxed);
-        return Some(credential);
+        return Some(Credential::new(saved.credential));
     }
     let Some(token) = &fleet.claim_token else {
         fleet.stats.error(
@@ -230,6 +277,28 @@ struct Slots {
     images: [Option<SlotImage>; 2],
     boots: [bool; 2],
     healthy: [bool; 2],
+}
+
+impl Slots {
+    /// A device's slots at the start of a run: the factory image in slot `a`, or what it ran when
+    /// the last run ended.
+    fn new(saved: Option<&SavedSlot>) -> Slots {
+        let mut env = SimEnv::factory();
+        let mut images = [None, None];
+        if let Some(saved) = saved {
+            env.boot_part = saved.slot;
+            images[idx(saved.slot)] = Some(saved.image.clone());
+        }
+        let _ = env.power_cycle(|_| Ok::<bool, ()>(true));
+        let mut boots = [false, false];
+        boots[idx(env.booted)] = true;
+        Slots {
+            env,
+            images,
+            boots,
+            healthy: [true, true],
+        }
+    }
 }
 
 fn idx(slot: Slot) -> usize {
@@ -626,7 +695,7 @@ impl<'f> Device<'f> {
 
     // ---- updates ---------------------------------------------------------------------------
 
-    async fn updates(&self) {
+    async fn updates(&self, mut slots: Slots) {
         let options = MachineOptions {
             device_type: Some(self.spec.device_type.to_string()),
             hw_rev: self.spec.hw_rev.as_ref().map(ToString::to_string),
@@ -640,14 +709,6 @@ impl<'f> Device<'f> {
                 .max(Duration::from_secs(5)),
             watchdog_timeout: Duration::from_secs(60),
             health_retry: Duration::from_secs(5),
-        };
-        let mut env = SimEnv::factory();
-        let _ = env.power_cycle(|_| Ok::<bool, ()>(true));
-        let mut slots = Slots {
-            env,
-            images: [None, None],
-            boots: [true, false],
-            healthy: [true, true],
         };
         let mut rng = SimRng::for_stream(self.spec.rng_seed, 3);
         let mut stop = self.fleet.stop.clone();
@@ -864,6 +925,7 @@ impl<'f> Device<'f> {
                     },
                     BootOp::Commit => {
                         slots.env.commit();
+                        self.save_running(&slots);
                         Event::BootloaderDone
                     }
                     BootOp::RollBack => {
@@ -891,6 +953,7 @@ impl<'f> Device<'f> {
                         self.fleet.stats.boot_failures.fetch_add(1, Relaxed);
                     }
                     self.booted(booted, slots.images[idx(booted)].as_ref());
+                    self.save_running(&slots);
                     machine = UpdateMachine::new(options.clone(), record.clone());
                     queue = machine.on_event(now(), started(&slots)).into();
                     continue;
@@ -961,6 +1024,23 @@ impl<'f> Device<'f> {
             self.fleet.stats.firmware_changed(Some(&previous), &version);
         }
         self.apply_behaviour();
+    }
+
+    /// Saves what the device runs, once it is committed (a slot on trial is not).
+    fn save_running(&self, slots: &Slots) {
+        let status = slots.env.status();
+        if status.trying {
+            return;
+        }
+        let saved = slots.images[idx(status.booted)]
+            .as_ref()
+            .map(|image| SavedSlot {
+                slot: status.booted,
+                image: image.clone(),
+            });
+        self.fleet
+            .credentials
+            .set_running(self.spec.id.as_str(), saved);
     }
 }
 

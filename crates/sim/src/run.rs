@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::api::DeviceApi;
-use crate::device::{self, Credentials, Fleet};
+use crate::device::{self, Credentials, Fleet, SavedDevice};
 use crate::mqtt::BrokerAddress;
 use crate::sample::{expand_fleet, Transport};
 use crate::scenario::Scenario;
@@ -22,8 +22,8 @@ use crate::verify::SharedVerifier;
 const PROVISIONING_CONCURRENCY: usize = 64;
 /// How long devices get to finish their current exchange when the run stops.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// The file in the state directory holding the fleet's device credentials.
-pub const CREDENTIALS_FILE: &str = "credentials.json";
+/// The file in the state directory holding the fleet's devices: credentials and running images.
+pub const CREDENTIALS_FILE: &str = "devices.json";
 
 /// How to run a scenario.
 #[derive(Debug, Clone)]
@@ -215,7 +215,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn load_credentials(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
+fn load_credentials(path: &std::path::Path) -> Result<BTreeMap<String, SavedDevice>, String> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             format!(
@@ -228,8 +228,11 @@ fn load_credentials(path: &std::path::Path) -> Result<BTreeMap<String, String>, 
     }
 }
 
-fn save_credentials(path: &std::path::Path, map: &BTreeMap<String, String>) -> Result<(), String> {
-    let bytes = serde_json::to_vec(map).expect("a map of strings serialises");
+fn save_credentials(
+    path: &std::path::Path,
+    map: &BTreeMap<String, SavedDevice>,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec(map).expect("saved devices serialise");
     drover_agent::update::persist::write_atomic(path, &bytes).map_err(|e| {
         format!(
             "cannot save the device credentials to {}: {e}",

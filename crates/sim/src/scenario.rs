@@ -93,6 +93,10 @@ pub struct RunSettings {
     pub seed: Option<u64>,
     /// The share of devices that use the MQTT device API; the others use HTTP.
     pub transport_mix: f64,
+    /// Whether devices keep their shadow in sync (default true). Over HTTP that is one held
+    /// long-poll per device, so a fleet larger than the process's file-descriptor limit turns it
+    /// off and shares a few pooled connections for everything else.
+    pub shadow: bool,
 }
 
 /// One `[[fleet]]` cohort: `count` devices of one type whose attributes are drawn from weights.
@@ -423,6 +427,7 @@ struct RawRun {
     duration: Option<String>,
     seed: Option<u64>,
     transport_mix: Option<f64>,
+    shadow: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -681,6 +686,7 @@ impl RawRun {
             duration,
             seed: self.seed,
             transport_mix,
+            shadow: self.shadow.unwrap_or(true),
         })
     }
 }
@@ -1366,5 +1372,8 @@ disconnects = { every = "6h", for = "2m" }
         assert_eq!(small.networks.len(), 2);
         let large = Scenario::parse(include_str!("../scenarios/large.toml")).unwrap();
         assert_eq!(large.n_devices(), 10_000);
+        let bench = Scenario::parse(include_str!("../scenarios/bench-10k.toml")).unwrap();
+        assert_eq!(bench.n_devices(), 10_000);
+        assert!(bench.run.shadow);
     }
 }

@@ -149,7 +149,7 @@ impl Snapshot {
             .collect();
         let rate = (self.heartbeats.saturating_sub(previous.heartbeats)) as f64 / secs.max(1e-3);
         format!(
-            "[{:>6.0}s] online {}/{} · {} · updating {} (done {}, rolled back {}, failed {}) · heartbeats {} ({:.0}/s) · errors {}",
+            "[{:>6.0}s] online {}/{} · {} · updating {} (done {}, rolled back {}, failed {}) · heartbeats {} ({:.0}/s) · reconnects {} · errors {}",
             elapsed,
             self.online,
             self.devices,
@@ -160,6 +160,7 @@ impl Snapshot {
             self.updates_failed,
             self.heartbeats,
             rate,
+            self.reconnects,
             self.errors,
         )
     }

@@ -2,7 +2,7 @@
 //! broker on a free port): a mixed HTTP / MQTT fleet provisions itself with a claim token created
 //! from an admin token, reports heartbeats, applies desired shadow state, installs a good release
 //! and falls back from one whose firmware model never boots; a second run comes back with the
-//! saved credentials and no token at all.
+//! saved credentials and images and no token at all.
 
 use std::time::{Duration, Instant};
 
@@ -309,9 +309,12 @@ async fn a_mixed_fleet_provisions_reports_syncs_updates_and_falls_back() {
     assert_eq!(fleet.bricked, 0);
     assert!(fleet.shadow_reports >= 2);
 
-    // The saved credentials bring the same fleet back without any token.
+    // The saved state brings the same fleet back without any token, each device on the image it
+    // had committed.
     let (stop, mut snapshots, run) = start_sim(&server, &state, false);
     wait_for(&mut snapshots, "back online", |s| s.online == 24).await;
+    assert_eq!(snapshots.borrow().versions.get("1.5.0"), Some(&1));
+    assert_eq!(snapshots.borrow().versions.get("1.0.0"), Some(&23));
     stop.send(true).unwrap();
     let summary = run.await.unwrap().expect("the second run ends cleanly");
     assert_eq!(
