@@ -2,7 +2,8 @@
 //! measured in the same run. `registry` imports a synthetic fleet over HTTP and times fleet queries,
 //! counts and dynamic-group counts (anchor: a plain full-table count); `heartbeats` drives durable
 //! heartbeat ingest over HTTP (anchor: the same server answering `/healthz`); `mqtt` and
-//! `mqtt-idle` (in `bench_mqtt`) the MQTT device API.
+//! `mqtt-idle` (in `bench_mqtt`) the MQTT device API; `checkins` and `shadow` (in `bench_device`)
+//! update check-ins and device shadows over HTTP (anchor: `/healthz` again).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ use serde_json::Value;
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Devices asking for their next update over HTTP, with or without one pending (anchor: `/healthz`).
+    Checkins(crate::bench_device::CheckinArgs),
     /// Binary delta size, generation and apply time and apply memory (anchors: bsdiff, zstd --patch-from).
     Delta(crate::bench_delta::DeltaArgs),
     /// Artifact download throughput over loopback, whole and resumed (anchor: nginx serving the same file).
@@ -27,6 +30,8 @@ pub enum BenchCommand {
     Mqtt(crate::bench_mqtt::MqttArgs),
     /// Memory per idle MQTT connection of a `drover serve` process (anchor: Mosquitto).
     MqttIdle(crate::bench_mqtt::IdleArgs),
+    /// Shadow state reports, and desired state reaching long-polling devices (anchor: `/healthz`).
+    Shadow(crate::bench_device::ShadowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +84,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::MqttIdle(args) => crate::bench_mqtt::idle(args).await,
         BenchCommand::Delta(args) => crate::bench_delta::run(args).await,
         BenchCommand::Download(args) => crate::bench_download::run(args).await,
+        BenchCommand::Checkins(args) => crate::bench_device::checkins(args).await,
+        BenchCommand::Shadow(args) => crate::bench_device::shadow(args).await,
     }
 }
 
@@ -195,16 +202,17 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
 }
 
 /// What one load run achieved.
-struct LoadResult {
-    requests: u64,
-    items: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
+pub(crate) struct LoadResult {
+    pub(crate) requests: u64,
+    pub(crate) items: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    /// Sorted.
+    pub(crate) latencies: Vec<Duration>,
 }
 
 impl LoadResult {
-    fn percentile(&self, p: f64) -> Duration {
+    pub(crate) fn percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
@@ -215,7 +223,7 @@ impl LoadResult {
 
 /// Runs `connections` workers for `seconds`, each calling `request(worker, n)` in a loop; the
 /// request returns how many items it carried.
-async fn load<F, Fut>(connections: usize, seconds: u64, request: F) -> LoadResult
+pub(crate) async fn load<F, Fut>(connections: usize, seconds: u64, request: F) -> LoadResult
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
@@ -402,7 +410,7 @@ pub(crate) async fn enrol(
     Ok(devices)
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

@@ -9,6 +9,7 @@
 
 pub mod bench;
 mod bench_delta;
+mod bench_device;
 mod bench_download;
 mod bench_mqtt;
 pub mod cli;
