@@ -219,6 +219,20 @@ impl MqttLink {
     }
 
     async fn publish(&self, payload: Vec<u8>, count: usize) -> Result<(), TransportError> {
+        let deadline = tokio::time::Instant::now() + PUBACK_TIMEOUT;
+        // Like the agent: right after a (re)connect, give the attempt its chance to finish.
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.lock().session.state().clone();
+            if !matches!(state, LinkState::Connecting | LinkState::Subscribing) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
         let (flight, topic, client) = {
             let mut inner = self.lock();
             let flight = inner
@@ -241,7 +255,6 @@ impl MqttLink {
                 "cannot queue the heartbeat: {e}"
             )));
         }
-        let deadline = tokio::time::Instant::now() + PUBACK_TIMEOUT;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
