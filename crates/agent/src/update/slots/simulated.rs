@@ -369,7 +369,9 @@ impl SlotBackend for SimulatedSlots {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    // A real substring search: a byte-by-byte window comparison over a multi-megabyte image took
+    // longer than a simulated reboot may (the power-loss test kills the agent every 5–255 ms).
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 #[cfg(test)]
