@@ -1375,5 +1375,8 @@ disconnects = { every = "6h", for = "2m" }
         let bench = Scenario::parse(include_str!("../scenarios/bench-10k.toml")).unwrap();
         assert_eq!(bench.n_devices(), 10_000);
         assert!(bench.run.shadow);
+        let big = Scenario::parse(include_str!("../scenarios/bench-100k.toml")).unwrap();
+        assert_eq!(big.n_devices(), 100_000);
+        assert!(!big.run.shadow);
     }
 }
