@@ -595,7 +595,7 @@ struct Row<'a> {
 fn print_table(rows: &[Row]) {
     let rate = |r: &LoadResult| r.requests as f64 / r.elapsed.as_secs_f64();
     println!();
-    println!("**Machine:** {}", machine_line());
+    println!("**Machine:** {}", crate::bench_download::machine_line());
     println!();
     println!(
         "| measurement | requests/s | p50 ms | p99 ms | errors | ratio to anchor (requests/s) |"
@@ -619,29 +619,6 @@ fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// Cores, CPU model, memory, kernel and today's date (the line `drover bench download` prints).
-fn machine_line() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / (1u64 << 20) as f64);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{cores} cores (nproc), {model}, {mem_gib:.0} GiB RAM, Linux {}, {}",
-        kernel.trim(),
-        time::OffsetDateTime::now_utc().date()
-    )
 }
 
 /// Locks a sample list; a worker that panicked while holding it left it intact.

@@ -623,7 +623,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// Cores, CPU model, memory, kernel and today's date.
-fn machine_line() -> String {
+pub(crate) fn machine_line() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
