@@ -26,9 +26,7 @@ use crate::random::{self, Rng};
 use crate::scheduler::{Action, Event, Failure, ScheduleOptions, Scheduler};
 use crate::shadow_thread::{ShadowThread, ShadowWorker};
 use crate::state::{State, StateStore};
-use crate::transport::{
-    Credential, Provisioned, Provisioning, ShadowTransport, Transport,
-};
+use crate::transport::{Credential, Provisioned, Provisioning, ShadowTransport, Transport};
 
 /// Exit status when the configuration is unusable.
 pub const EXIT_CONFIG: u8 = 2;
@@ -267,7 +265,7 @@ impl Agent {
                 let shadow_http = HttpTransport::new(&config.server_url, config.request_timeout);
                 let shadow = self.start_shadow(&device_id, &credential, shadow_http, &mut rng);
                 let result =
-                    self.heartbeat_loop(&mut http, &store, device_id, credential, &signals, rng);
+                    self.heartbeat_loop(&mut http, store, device_id, credential, signals, rng);
                 if let Some(mut shadow) = shadow {
                     shadow.request_stop();
                     shadow.join(SHADOW_GRACE);
@@ -291,10 +289,10 @@ impl Agent {
                 let mut heartbeats = link.heartbeats(http, config.request_timeout);
                 let result = self.heartbeat_loop(
                     &mut heartbeats,
-                    &store,
+                    store,
                     device_id,
                     credential,
-                    &signals,
+                    signals,
                     rng,
                 );
                 // The shadow thread is told first, so the closing link does not look like an

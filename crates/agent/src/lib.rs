@@ -52,5 +52,5 @@ pub mod transport;
 pub mod update;
 
 pub use agent::{Agent, Revoked, Stats};
-pub use log::silence as silence_logs;
 pub use config::{Cli, Config, ConfigError};
+pub use log::silence as silence_logs;

@@ -437,7 +437,10 @@ async fn power_loss_at_random_instants_never_leaves_the_device_on_a_bad_image() 
             if let Some(version) = version {
                 assert!(version == "1.0.0" || version == "2.0.0", "{version}");
             }
-            assert!(kills < 200, "the update never finished; kills by phase: {phases:?}");
+            assert!(
+                kills < 200,
+                "the update never finished; kills by phase: {phases:?}"
+            );
             agent = spawn(&config);
         };
         // Let it finish its last word and settle.

@@ -90,7 +90,7 @@ impl Measured {
         let mut rates = self.rates.clone();
         rates.sort_by(f64::total_cmp);
         let mid = rates.len() / 2;
-        if rates.len() % 2 == 0 {
+        if rates.len().is_multiple_of(2) {
             (rates[mid - 1] + rates[mid]) / 2.0
         } else {
             rates[mid]

@@ -365,10 +365,10 @@ impl<'f> Device<'f> {
 
     fn behaviour(&self) -> FirmwareBehaviour {
         let running = self.lock();
-        self.fleet
+        *self
+            .fleet
             .scenario
             .firmware_behaviour(&running.firmware, running.artifact.as_ref())
-            .clone()
     }
 
     /// The running firmware's connectivity degradation applies to the link.
@@ -999,10 +999,10 @@ impl<'f> Device<'f> {
 
     fn behaviour_of(&self, version: &Version, artifact: &str) -> FirmwareBehaviour {
         let artifact = ArtifactName::parse(artifact).ok();
-        self.fleet
+        *self
+            .fleet
             .scenario
             .firmware_behaviour(version, artifact.as_ref())
-            .clone()
     }
 
     /// The device came up on `slot`, holding `image` (`None`: the factory image).

@@ -26,7 +26,7 @@ pub enum ArtifactsCommand {
     /// Upload a firmware image with its metadata (streamed; a progress line on a terminal).
     // `version` is an argument here, so `--version` cannot be the propagated version flag.
     #[command(disable_version_flag = true)]
-    Upload(UploadArgs),
+    Upload(Box<UploadArgs>),
     /// List artifacts, newest upload first.
     List {
         /// Only versions of this artifact.
@@ -149,7 +149,7 @@ impl From<UpdateTypeArg> for UpdateType {
 
 pub async fn run(client: &Client, json: bool, command: ArtifactsCommand) -> Result<(), CliError> {
     match command {
-        ArtifactsCommand::Upload(args) => upload(client, json, args).await,
+        ArtifactsCommand::Upload(args) => upload(client, json, *args).await,
         ArtifactsCommand::List { name, paging } => {
             let mut params = Params::new();
             param(&mut params, "name", name);

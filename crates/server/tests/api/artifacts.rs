@@ -117,7 +117,7 @@ fn hashed(target: &str, sha256: &str) -> String {
 api_tests! {
     async fn an_uploaded_artifact_is_listed_shown_and_downloaded_with_ranges(app) {
         let bytes = image(300_000, 1);
-        let view = upload(&app, "sensor-fw", "1.0.0", bytes.clone()).await;
+        let view = upload(app, "sensor-fw", "1.0.0", bytes.clone()).await;
         assert_eq!(view["size"], 300_000);
         assert_eq!(view["sha256"], sha256_hex(&bytes));
         assert_eq!(view["provenance"]["git_commit"], "0123abc");
@@ -131,7 +131,7 @@ api_tests! {
         assert_eq!(shown["release_notes"], "Fixes the thing.");
 
         let path = "/api/v1/artifacts/sensor-fw/1.0.0/image";
-        let (status, headers, body) = fetch(&app, path, ADMIN_TOKEN, &[]).await;
+        let (status, headers, body) = fetch(app, path, ADMIN_TOKEN, &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, bytes);
         let etag = headers[ETAG].to_str().unwrap().to_owned();
@@ -140,23 +140,23 @@ api_tests! {
 
         // Resume from the middle.
         let (status, headers, body) =
-            fetch(&app, path, ADMIN_TOKEN, &[(RANGE, "bytes=100000-".into()), (IF_RANGE, etag.clone())]).await;
+            fetch(app, path, ADMIN_TOKEN, &[(RANGE, "bytes=100000-".into()), (IF_RANGE, etag.clone())]).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(headers[CONTENT_RANGE], "bytes 100000-299999/300000");
         assert_eq!(body, bytes[100_000..]);
         // A closed range and a suffix range.
-        let (status, _, body) = fetch(&app, path, ADMIN_TOKEN, &[(RANGE, "bytes=10-19".into())]).await;
+        let (status, _, body) = fetch(app, path, ADMIN_TOKEN, &[(RANGE, "bytes=10-19".into())]).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(body, bytes[10..20]);
-        let (_, _, body) = fetch(&app, path, ADMIN_TOKEN, &[(RANGE, "bytes=-5".into())]).await;
+        let (_, _, body) = fetch(app, path, ADMIN_TOKEN, &[(RANGE, "bytes=-5".into())]).await;
         assert_eq!(body, bytes[299_995..]);
         // Beyond the end: 416 with the size.
-        let (status, headers, _) = fetch(&app, path, ADMIN_TOKEN, &[(RANGE, "bytes=300000-".into())]).await;
+        let (status, headers, _) = fetch(app, path, ADMIN_TOKEN, &[(RANGE, "bytes=300000-".into())]).await;
         assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(headers[CONTENT_RANGE], "bytes */300000");
         // A stale If-Range gets the whole file.
         let (status, _, body) =
-            fetch(&app, path, ADMIN_TOKEN, &[(RANGE, "bytes=5-".into()), (IF_RANGE, "\"other\"".into())]).await;
+            fetch(app, path, ADMIN_TOKEN, &[(RANGE, "bytes=5-".into()), (IF_RANGE, "\"other\"".into())]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body.len(), 300_000);
     }
@@ -164,7 +164,8 @@ api_tests! {
     async fn bad_uploads_are_refused_and_leave_nothing_behind(app) with AppOptions { max_artifact_bytes: Some(4096), ..AppOptions::default() }; {
         let img = || bytes_part(image(1000, 2));
         let meta = |v: &Value| json_part(v);
-        let cases: Vec<(Vec<(&str, Part)>, StatusCode, &str)> = vec![
+        type Case = (Vec<(&'static str, Part)>, StatusCode, &'static str);
+        let cases: Vec<Case> = vec![
             (vec![("image", img())], StatusCode::BAD_REQUEST, "expected the part \"metadata\""),
             (vec![("metadata", Part::text("{not json"))], StatusCode::UNPROCESSABLE_ENTITY, "invalid artifact metadata"),
             (vec![("metadata", meta(&json!({"name": "fw", "version": "1.0.0", "device_types": []})))], StatusCode::UNPROCESSABLE_ENTITY, "device_types"),
@@ -180,7 +181,7 @@ api_tests! {
             (vec![("metadata", meta(&metadata("fw", "1.0.0"))), ("image", bytes_part(image(5000, 1)))], StatusCode::PAYLOAD_TOO_LARGE, "limit"),
         ];
         for (parts, status, needle) in cases {
-            let (got, body) = upload_parts(&app, parts).await;
+            let (got, body) = upload_parts(app, parts).await;
             assert_eq!(got, status, "{needle}: {body}");
             let message = body["error"]["message"].as_str().unwrap_or_default();
             assert!(message.contains(needle), "expected {needle:?} in {message:?}");
@@ -191,17 +192,17 @@ api_tests! {
         // Nothing was recorded, and no file was left in storage.
         let (_, list) = app.get("/api/v1/artifacts").await;
         assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
-        assert_eq!(stored_files(&app), Vec::<String>::new());
+        assert_eq!(stored_files(app), Vec::<String>::new());
 
         // A version is immutable.
-        upload(&app, "fw", "1.0.0", image(1000, 3)).await;
+        upload(app, "fw", "1.0.0", image(1000, 3)).await;
         let (status, body) = upload_parts(
-            &app,
+            app,
             vec![("metadata", json_part(&metadata("fw", "1.0.0"))), ("image", bytes_part(image(1000, 4)))],
         )
         .await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        assert_eq!(stored_files(&app).len(), 1, "only the first upload's image is stored");
+        assert_eq!(stored_files(app).len(), 1, "only the first upload's image is stored");
         // Viewers cannot upload.
         let viewer = app.token("viewer").await;
         let response = app
@@ -219,7 +220,7 @@ api_tests! {
         let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
         elf.extend(image(5000, 9));
         let (status, body) = upload_parts(
-            &app,
+            app,
             vec![
                 ("metadata", json_part(&metadata("fw", "1.0.0"))),
                 ("image", bytes_part(image(2000, 1))),
@@ -229,19 +230,19 @@ api_tests! {
         .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["symbols"]["size"], elf.len());
-        let (status, _, bytes) = fetch(&app, "/api/v1/artifacts/fw/1.0.0/symbols", ADMIN_TOKEN, &[]).await;
+        let (status, _, bytes) = fetch(app, "/api/v1/artifacts/fw/1.0.0/symbols", ADMIN_TOKEN, &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(bytes, elf);
-        upload(&app, "fw", "1.1.0", image(2000, 2)).await;
+        upload(app, "fw", "1.1.0", image(2000, 2)).await;
         let (status, body) = app.get("/api/v1/artifacts/fw/1.1.0/symbols").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     }
 
     async fn a_device_walks_a_deployment_to_success_and_only_sees_its_own_files(app) {
         let bytes = image(50_000, 5);
-        let view = upload(&app, "sensor-fw", "1.1.0", bytes.clone()).await;
-        let credential = device(&app, "dev-1", "1.0.0").await;
-        let other = device(&app, "dev-2", "1.0.0").await;
+        let view = upload(app, "sensor-fw", "1.1.0", bytes.clone()).await;
+        let credential = device(app, "dev-1", "1.0.0").await;
+        let other = device(app, "dev-2", "1.0.0").await;
 
         // Nothing to do yet.
         let (status, _) = app.send(Method::GET, "/api/device/v1/deployments/next", Some(&credential), None).await;
@@ -259,21 +260,21 @@ api_tests! {
         assert_eq!(status, StatusCode::OK, "{offer}");
         assert_eq!(offer["deployment"], id);
         assert_eq!(offer["image"]["sha256"], view["sha256"]);
-        let path = hashed(offer["image"]["target"].as_str().unwrap(), &view["sha256"].as_str().unwrap());
+        let path = hashed(offer["image"]["target"].as_str().unwrap(), view["sha256"].as_str().unwrap());
 
         // The device downloads its image, resuming half-way.
-        let (status, _, first) = fetch(&app, &path, &credential, &[(RANGE, "bytes=0-24999".into())]).await;
+        let (status, _, first) = fetch(app, &path, &credential, &[(RANGE, "bytes=0-24999".into())]).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
-        let (status, _, rest) = fetch(&app, &path, &credential, &[(RANGE, "bytes=25000-".into())]).await;
+        let (status, _, rest) = fetch(app, &path, &credential, &[(RANGE, "bytes=25000-".into())]).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
         assert_eq!([first, rest].concat(), bytes);
         // Another device, and a wrong hash, get a 404 that tells nothing.
-        let (status, _, _) = fetch(&app, &path, &other, &[]).await;
+        let (status, _, _) = fetch(app, &path, &other, &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let wrong = hashed(offer["image"]["target"].as_str().unwrap(), &"0".repeat(64));
-        let (status, _, _) = fetch(&app, &wrong, &credential, &[]).await;
+        let (status, _, _) = fetch(app, &wrong, &credential, &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        let (status, _, _) = fetch(&app, &path, "not-a-credential", &[]).await;
+        let (status, _, _) = fetch(app, &path, "not-a-credential", &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
 
         let report = |body: Value| {
@@ -303,7 +304,7 @@ api_tests! {
         assert_eq!(status, StatusCode::CONFLICT);
         let (status, _) = app.send(Method::GET, "/api/device/v1/deployments/next", Some(&credential), None).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        let (status, _, _) = fetch(&app, &path, &credential, &[]).await;
+        let (status, _, _) = fetch(app, &path, &credential, &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (_, shown) = app.get("/api/v1/devices/dev-1").await;
         assert_eq!(shown["firmware"], "1.1.0");
@@ -313,9 +314,9 @@ api_tests! {
     }
 
     async fn deployments_are_checked_before_they_are_created(app) {
-        upload(&app, "sensor-fw", "1.1.0", image(1000, 1)).await;
-        upload(&app, "sensor-fw", "0.9.0", image(1000, 2)).await;
-        device(&app, "dev-1", "1.0.0").await;
+        upload(app, "sensor-fw", "1.1.0", image(1000, 1)).await;
+        upload(app, "sensor-fw", "0.9.0", image(1000, 2)).await;
+        device(app, "dev-1", "1.0.0").await;
         let (status, _) = app.post("/api/v1/devices", json!({"id": "cam-1", "device_type": "camera"})).await;
         assert_eq!(status, StatusCode::CREATED);
         let cases = [
@@ -354,12 +355,12 @@ api_tests! {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(list[0]["version"], "0.9.0");
         assert_eq!(list[0]["state"], "canceled");
-        assert_eq!(stored_files(&app).len(), 1);
+        assert_eq!(stored_files(app).len(), 1);
     }
 
     async fn a_download_only_deployment_ends_once_the_image_is_downloaded(app) {
-        upload(&app, "sensor-fw", "1.1.0", image(1000, 1)).await;
-        let credential = device(&app, "dev-1", "1.0.0").await;
+        upload(app, "sensor-fw", "1.1.0", image(1000, 1)).await;
+        let credential = device(app, "dev-1", "1.0.0").await;
         let (_, deployment) = app
             .post("/api/v1/devices/dev-1/deployments", json!({"artifact": "sensor-fw", "version": "1.1.0", "update_type": "download_only"}))
             .await;
@@ -376,8 +377,8 @@ api_tests! {
     }
 
     async fn a_failed_report_needs_a_reason_and_keeps_it(app) {
-        upload(&app, "sensor-fw", "1.1.0", image(1000, 1)).await;
-        let credential = device(&app, "dev-1", "1.0.0").await;
+        upload(app, "sensor-fw", "1.1.0", image(1000, 1)).await;
+        let credential = device(app, "dev-1", "1.0.0").await;
         let (_, deployment) = app.post("/api/v1/devices/dev-1/deployments", json!({"artifact": "sensor-fw", "version": "1.1.0"})).await;
         let path = format!("/api/device/v1/deployments/{}/status", deployment["id"]);
         let (status, body) = app.send(Method::POST, &path, Some(&credential), Some(json!({"state": "rolled_back"}))).await;
