@@ -79,6 +79,25 @@ impl TransportError {
 }
 
 impl TransportError {
+    /// For a rejection of one part of a batch sent in several messages: the index of the faulty
+    /// heartbeat within the whole batch, when this message started at `offset`.
+    pub fn offset_index(self, offset: usize) -> TransportError {
+        match self {
+            TransportError::Rejected {
+                status,
+                code,
+                message,
+                index,
+            } => TransportError::Rejected {
+                status,
+                code,
+                message,
+                index: index.map(|idx| idx + offset),
+            },
+            other => other,
+        }
+    }
+
     /// When the server asked to be left alone until (HTTP `Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

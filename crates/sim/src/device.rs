@@ -62,7 +62,8 @@ pub struct Fleet {
     pub scenario: Scenario,
     pub stats: Stats,
     pub verifier: SharedVerifier,
-    pub credentials: Credentials,
+    /// Credentials and committed images, saved between runs.
+    pub saved: SavedDevices,
     pub claim_token: Option<String>,
     /// Limits provisioning requests in flight, so a fleet starting at once is no stampede.
     pub provisioning: Semaphore,
@@ -88,13 +89,13 @@ pub struct SavedSlot {
 
 /// The fleet's saved devices by device id.
 #[derive(Debug, Default)]
-pub struct Credentials {
+pub struct SavedDevices {
     map: Mutex<BTreeMap<String, SavedDevice>>,
 }
 
-impl Credentials {
-    pub fn from_map(map: BTreeMap<String, SavedDevice>) -> Credentials {
-        Credentials {
+impl SavedDevices {
+    pub fn from_map(map: BTreeMap<String, SavedDevice>) -> SavedDevices {
+        SavedDevices {
             map: Mutex::new(map),
         }
     }
@@ -153,7 +154,7 @@ pub async fn run(fleet: &Fleet, spec: VirtualDeviceSpec) {
         return;
     };
     let saved = fleet
-        .credentials
+        .saved
         .get(spec.id.as_str())
         .and_then(|saved| saved.running);
     let mqtt = match (spec.transport, &fleet.broker) {
@@ -208,7 +209,7 @@ async fn provision(
     link: &Link,
     rng: &mut SimRng,
 ) -> Option<Credential> {
-    if let Some(saved) = fleet.credentials.get(spec.id.as_str()) {
+    if let Some(saved) = fleet.saved.get(spec.id.as_str()) {
         fleet.stats.provisioned.fetch_add(1, Relaxed);
         return Some(Credential::new(saved.credential));
     }
@@ -238,7 +239,7 @@ async fn provision(
         };
         let wait = match result {
             Ok(Provisioned::Accepted { credential, .. }) => {
-                fleet.credentials.insert(spec.id.as_str(), &credential);
+                fleet.saved.insert(spec.id.as_str(), &credential);
                 fleet.stats.provisioned.fetch_add(1, Relaxed);
                 return Some(credential);
             }
@@ -504,7 +505,7 @@ impl<'f> Device<'f> {
                         "{}: the server refused the credential",
                         self.spec.id
                     ));
-                    self.fleet.credentials.remove(self.spec.id.as_str());
+                    self.fleet.saved.remove(self.spec.id.as_str());
                     self.fleet.stats.stopped.fetch_add(1, Relaxed);
                     return;
                 }
@@ -1038,9 +1039,7 @@ impl<'f> Device<'f> {
                 slot: status.booted,
                 image: image.clone(),
             });
-        self.fleet
-            .credentials
-            .set_running(self.spec.id.as_str(), saved);
+        self.fleet.saved.set_running(self.spec.id.as_str(), saved);
     }
 }
 

@@ -45,8 +45,6 @@ struct Inner {
     session: Session,
     client: Option<AsyncClient>,
     offer: Option<UpdateOffer>,
-    /// Connections made after the first.
-    reconnects: u64,
 }
 
 impl MqttLink {
@@ -56,7 +54,6 @@ impl MqttLink {
                 session: Session::new(&device),
                 client: None,
                 offer: None,
-                reconnects: 0,
             }),
             device,
             broker,
@@ -77,11 +74,6 @@ impl MqttLink {
     /// Whether the connection is up and subscribed.
     pub fn is_ready(&self) -> bool {
         self.lock().session.state() == &LinkState::Ready
-    }
-
-    /// Reconnections so far.
-    pub fn reconnects(&self) -> u64 {
-        self.lock().reconnects
     }
 
     /// The offer the server pushed last, if not yet taken.
@@ -106,7 +98,6 @@ impl MqttLink {
     pub async fn pump(&self, link: &Link, seed: u64, mut stop: watch::Receiver<bool>) {
         let mut rng = Rng::seeded(seed);
         let mut backoff = Backoff::standard();
-        let mut connected_before = false;
         while !*stop.borrow() {
             if let Some(until) = link.down_until(Instant::now()) {
                 tokio::select! {
@@ -124,10 +115,10 @@ impl MqttLink {
                 .set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
             let (client, mut events) = AsyncClient::new(options, 8);
             self.lock().client = Some(client.clone());
-            let outage = next_outage(link);
+            let outage = link.next_down_after(Instant::now());
             let ended = tokio::select! {
-                ended = self.drive(&mut events, &client, &mut backoff, &mut connected_before) => ended,
-                _ = sleep_until(outage) => {
+                ended = self.drive(&mut events, &client, &mut backoff) => ended,
+                _ = crate::net::sleep_until(outage) => {
                     ConnectionError::Io(std::io::Error::other("the link dropped (simulated disconnect)"))
                 }
                 _ = stop.changed() => {
@@ -157,7 +148,6 @@ impl MqttLink {
         events: &mut EventLoop,
         client: &AsyncClient,
         backoff: &mut Backoff,
-        connected_before: &mut bool,
     ) -> ConnectionError {
         loop {
             let event = match events.poll().await {
@@ -172,14 +162,7 @@ impl MqttLink {
                             return ConnectionError::Io(std::io::Error::other(e.to_string()));
                         }
                     }
-                    Notice::Ready { .. } => {
-                        backoff.reset();
-                        let mut inner = self.lock();
-                        if *connected_before {
-                            inner.reconnects += 1;
-                        }
-                        *connected_before = true;
-                    }
+                    Notice::Ready { .. } => backoff.reset(),
                     Notice::Offer(offer) => self.lock().offer = Some(*offer),
                     _ => {}
                 }
@@ -199,20 +182,9 @@ impl MqttLink {
         crate::api::through(link, rng).await?;
         let mut offset = 0;
         for (payload, count) in encode_heartbeats(heartbeats, MAX_PAYLOAD) {
-            self.publish(payload, count).await.map_err(|e| match e {
-                TransportError::Rejected {
-                    status,
-                    code,
-                    message,
-                    index,
-                } => TransportError::Rejected {
-                    status,
-                    code,
-                    message,
-                    index: index.map(|idx| idx + offset),
-                },
-                other => other,
-            })?;
+            self.publish(payload, count)
+                .await
+                .map_err(|e| e.offset_index(offset))?;
             offset += count;
         }
         Ok(heartbeats.len() as u64)
@@ -275,8 +247,8 @@ impl MqttLink {
         }
     }
 
-    /// Publishes a shadow request (`get` when `reported` is `None`, otherwise an update of the
-    /// reported state), QoS 0 like the agent; the answer arrives among the shadow messages.
+    /// Publishes a shadow request (`get`, or else an update of the reported state), QoS 0 like the
+    /// agent; the answer arrives among the shadow messages. False when it could not be queued.
     pub fn publish_shadow(&self, body: serde_json::Value, get: bool) -> bool {
         let inner = self.lock();
         let (get_topic, update_topic) = inner.session.shadow_topics();
@@ -286,17 +258,5 @@ impl MqttLink {
                 .try_publish(topic, QoS::AtMostOnce, false, body.to_string())
                 .is_ok()
         })
-    }
-}
-
-/// When the next disconnect period begins (checked up to a day ahead).
-fn next_outage(link: &Link) -> Option<Instant> {
-    link.next_down_after(Instant::now())
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -127,6 +127,14 @@ impl Link {
     }
 }
 
+/// Sleeps until `at`; never returns when there is no such instant (a `select!` arm that is off).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A scenario duration that is wall time by definition (latency, jitter).
 fn wall(duration: drover_core::Duration) -> Duration {
     Duration::from_millis(duration.as_millis().max(0) as u64)

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::api::DeviceApi;
-use crate::device::{self, Credentials, Fleet, SavedDevice};
+use crate::device::{self, Fleet, SavedDevice, SavedDevices};
 use crate::mqtt::BrokerAddress;
 use crate::sample::{expand_fleet, Transport};
 use crate::scenario::Scenario;
@@ -23,7 +22,7 @@ const PROVISIONING_CONCURRENCY: usize = 64;
 /// How long devices get to finish their current exchange when the run stops.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The file in the state directory holding the fleet's devices: credentials and running images.
-pub const CREDENTIALS_FILE: &str = "devices.json";
+pub const DEVICES_FILE: &str = "devices.json";
 
 /// How to run a scenario.
 #[derive(Debug, Clone)]
@@ -81,8 +80,8 @@ pub async fn run(
             options.state_dir.display()
         )
     })?;
-    let credentials_path = options.state_dir.join(CREDENTIALS_FILE);
-    let saved = load_credentials(&credentials_path)?;
+    let devices_path = options.state_dir.join(DEVICES_FILE);
+    let saved = load_saved(&devices_path)?;
     let api = DeviceApi::new(&options.server, Duration::from_secs(30))?;
     let seed = options.seed.or(scenario.run.seed).unwrap_or(0);
     let specs = expand_fleet(&scenario, seed);
@@ -102,7 +101,7 @@ pub async fn run(
             return Err(format!(
                 "{missing} of the scenario's {} devices have no saved credential in {}: give a claim token (--claim-token) or an admin token (--admin-token) to provision them",
                 specs.len(),
-                credentials_path.display()
+                devices_path.display()
             ))
         }
         (None, _) => None,
@@ -123,7 +122,7 @@ pub async fn run(
         scenario,
         stats: Default::default(),
         verifier: SharedVerifier::new(options.state_dir.join("tuf")),
-        credentials: Credentials::from_map(saved),
+        saved: SavedDevices::from_map(saved),
         claim_token,
         provisioning: Semaphore::new(PROVISIONING_CONCURRENCY),
         started: Instant::now(),
@@ -151,7 +150,7 @@ pub async fn run(
         let deadline = wall_limit.map(|limit| started + limit);
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = sleep_until(deadline) => break,
+            _ = crate::net::sleep_until(deadline) => break,
             _ = stop.changed() => break,
         }
         let snapshot = fleet.stats.snapshot();
@@ -182,10 +181,9 @@ pub async fn run(
     })
     .await;
     tasks.abort_all();
-    save_credentials(&credentials_path, &fleet.credentials.to_map())?;
+    save_saved(&devices_path, &fleet.saved.to_map())?;
     let wall = started.elapsed();
     let fleet_snapshot = fleet.stats.snapshot();
-    fleet.stats.online.store(0, Relaxed);
     Ok(Summary {
         server: options.server,
         devices,
@@ -208,18 +206,11 @@ fn whole_seconds(duration: drover_core::Duration) -> drover_core::Duration {
     drover_core::Duration::from_millis(duration.as_millis() / 1000 * 1000)
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn load_credentials(path: &std::path::Path) -> Result<BTreeMap<String, SavedDevice>, String> {
+fn load_saved(path: &std::path::Path) -> Result<BTreeMap<String, SavedDevice>, String> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             format!(
-                "{} is not a credentials file of drover sim ({e}); move it away to provision the fleet again",
+                "{} is not a devices file of drover sim ({e}); move it away to provision the fleet again",
                 path.display()
             )
         }),
@@ -228,14 +219,11 @@ fn load_credentials(path: &std::path::Path) -> Result<BTreeMap<String, SavedDevi
     }
 }
 
-fn save_credentials(
-    path: &std::path::Path,
-    map: &BTreeMap<String, SavedDevice>,
-) -> Result<(), String> {
+fn save_saved(path: &std::path::Path, map: &BTreeMap<String, SavedDevice>) -> Result<(), String> {
     let bytes = serde_json::to_vec(map).expect("saved devices serialise");
     drover_agent::update::persist::write_atomic(path, &bytes).map_err(|e| {
         format!(
-            "cannot save the device credentials to {}: {e}",
+            "cannot save the devices' credentials and images to {}: {e}",
             path.display()
         )
     })?;

@@ -357,20 +357,7 @@ impl<P: Provisioning> Transport for MqttHeartbeats<P> {
         let mut offset = 0;
         for (payload, count) in encode_heartbeats(heartbeats, MAX_PAYLOAD) {
             self.publish(credential, payload, count)
-                .map_err(|e| match e {
-                    TransportError::Rejected {
-                        status,
-                        code,
-                        message,
-                        index,
-                    } => TransportError::Rejected {
-                        status,
-                        code,
-                        message,
-                        index: index.map(|idx| idx + offset),
-                    },
-                    other => other,
-                })?;
+                .map_err(|e| e.offset_index(offset))?;
             offset += count;
         }
         Ok(heartbeats.len() as u64)
