@@ -787,3 +787,88 @@ async fn shadow_set_builds_nested_desired_state_that_get_shows() {
     assert_eq!(nothing.code, 2, "{nothing:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn drover_sim_refuses_bad_scenarios_and_flags_before_starting_any_device() {
+    let dir = TempDir::new();
+    let state = dir.path.join("state");
+    let state = state.to_str().unwrap();
+    let bad = dir.path.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[fleet]]\ndevice_type = \"x\"\ncount = 0\nfirmware = \"1.0.0\"\n",
+    )
+    .unwrap();
+    let good = dir.path.join("good.toml");
+    std::fs::write(
+        &good,
+        "[[fleet]]\ndevice_type = \"x\"\ncount = 1\nfirmware = \"1.0.0\"\n",
+    )
+    .unwrap();
+    let (bad, good) = (bad.to_str().unwrap(), good.to_str().unwrap());
+    let server = "http://127.0.0.1:9";
+
+    let run = run_drover(
+        server,
+        None,
+        &[
+            "sim",
+            "--scenario",
+            "/nonexistent.toml",
+            "--state-dir",
+            state,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot read the scenario /nonexistent.toml"),
+        "{}",
+        run.stderr
+    );
+
+    let run = run_drover(
+        server,
+        None,
+        &["sim", "--scenario", bad, "--state-dir", state],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("fleet[0].count"), "{}", run.stderr);
+
+    for (flag, value, message) in [
+        ("--mqtt", "nohost", "--mqtt must be HOST:PORT"),
+        ("--mqtt", "host:port", "is not a port number"),
+        ("--duration", "soon", "--duration"),
+        (
+            "--progress-every",
+            "0",
+            "--progress-every must be at least 0.1 seconds",
+        ),
+    ] {
+        let run = run_drover(
+            server,
+            None,
+            &["sim", "--scenario", good, "--state-dir", state, flag, value],
+        )
+        .await;
+        assert_eq!(run.code, 1, "{flag} {value}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(message),
+            "{flag} {value}: {}",
+            run.stderr
+        );
+    }
+
+    // No credentials and no token: nothing is started, and nothing is written.
+    let run = run_drover(
+        server,
+        None,
+        &["sim", "--scenario", good, "--state-dir", state],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("--claim-token"), "{}", run.stderr);
+    assert!(!dir.path.join("state").join("devices.json").exists());
+}
