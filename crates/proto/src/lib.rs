@@ -16,6 +16,7 @@
 //! - [`device_api`]: what devices send and receive (provisioning, whoami).
 //! - [`shadow`]: device shadow documents, updates, deltas (both APIs).
 //! - [`mqtt`]: the MQTT topic layout of the device API.
+//! - [`target`]: which devices a rollout or job covers (group, query or device list).
 //! - [`update`]: over-the-air updates: the offer, the device's step reports, the signed target facts.
 
 pub mod artifacts;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod groups;
 pub mod mqtt;
 pub mod shadow;
+pub mod target;
 pub mod update;
 
 /// A page of results with an opaque cursor for the next one (keyset pagination: stable while rows

@@ -546,6 +546,15 @@ impl Store {
             .await)
     }
 
+    /// The fleet query selecting a rollout's or job's target devices.
+    pub async fn target_query(
+        &self,
+        target: &drover_proto::target::Target,
+    ) -> Result<Query, StoreError> {
+        let target = target.clone();
+        with_db!(self, read, |db| ops::targets::query_of(db, &target).await)
+    }
+
     /// Names of the groups (static and dynamic) a device belongs to right now.
     pub async fn device_groups(
         &self,

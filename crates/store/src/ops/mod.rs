@@ -9,6 +9,7 @@ pub mod groups;
 pub mod health;
 pub mod provision;
 pub mod shadow;
+pub mod targets;
 pub mod tuf;
 
 use drover_core::Timestamp;
