@@ -11,12 +11,15 @@
 //! - [`device`]: the device record and its lifecycle status.
 //! - [`health`]: heartbeat metric names and validation, rollups with a mergeable quantile sketch.
 //! - [`query`]: the fleet query language: lexer, parser, AST, in-memory evaluation, SQL compilation.
+//! - [`rollout`]: staged rollouts: definitions, stratified device order, the orchestrator's state
+//!   machine, canary statistics and maintenance windows.
 //! - [`shadow`]: device shadows: desired/reported state, merge, versioning, delta and limits.
 
 pub mod device;
 pub mod health;
 pub mod ids;
 pub mod query;
+pub mod rollout;
 pub mod shadow;
 pub mod time;
 pub mod version;

@@ -171,6 +171,31 @@ impl fmt::Display for Duration {
     }
 }
 
+/// Written as its human form (`30m`); read from that form or from a plain number of seconds.
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Seconds(i64),
+        }
+        match Form::deserialize(d)? {
+            Form::Text(text) => Duration::parse(&text).map_err(serde::de::Error::custom),
+            Form::Seconds(secs) => secs
+                .checked_mul(1000)
+                .map(Duration)
+                .ok_or_else(|| serde::de::Error::custom("duration is too large")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
