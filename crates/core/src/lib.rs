@@ -1,5 +1,5 @@
-//! Drover's domain core: validated identifiers, semantic versions, timestamps, the device model and
-//! the fleet query language.
+//! Drover's domain core: validated identifiers, semantic versions, timestamps, the device model,
+//! the fleet query language and the statistics behind rollout decisions.
 //!
 //! Everything here is pure: no IO, no async, no clock. Functions that depend on the current time take
 //! it as an argument, so callers (and tests) decide what "now" is.
@@ -12,11 +12,14 @@
 //! - [`health`]: heartbeat metric names and validation, rollups with a mergeable quantile sketch.
 //! - [`query`]: the fleet query language: lexer, parser, AST, in-memory evaluation, SQL compilation.
 //! - [`shadow`]: device shadows: desired/reported state, merge, versioning, delta and limits.
+//! - [`rollout`]: rollout decisions; [`rollout::stats`] compares canary and baseline cohorts (rank
+//!   tests, sequential tests for counts, Fisher's exact test) and turns the evidence into verdicts.
 
 pub mod device;
 pub mod health;
 pub mod ids;
 pub mod query;
+pub mod rollout;
 pub mod shadow;
 pub mod time;
 pub mod version;
