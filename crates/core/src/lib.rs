@@ -1,5 +1,5 @@
-//! Drover's domain core: validated identifiers, semantic versions, timestamps, the device model and
-//! the fleet query language.
+//! Drover's domain core: validated identifiers, semantic versions, timestamps, the device model,
+//! the fleet query language and the statistics behind rollout decisions.
 //!
 //! Everything here is pure: no IO, no async, no clock. Functions that depend on the current time take
 //! it as an argument, so callers (and tests) decide what "now" is.
