@@ -12,11 +12,14 @@
 //! - [`health`]: heartbeat metric names and validation, rollups with a mergeable quantile sketch.
 //! - [`query`]: the fleet query language: lexer, parser, AST, in-memory evaluation, SQL compilation.
 //! - [`shadow`]: device shadows: desired/reported state, merge, versioning, delta and limits.
+//! - [`rollout`]: rollout decisions; [`rollout::window`] holds maintenance windows (cron, duration
+//!   and IANA time zone) that say when a rollout may start device updates.
 
 pub mod device;
 pub mod health;
 pub mod ids;
 pub mod query;
+pub mod rollout;
 pub mod shadow;
 pub mod time;
 pub mod version;
