@@ -7,3 +7,4 @@ pub mod machine;
 pub mod plan;
 pub mod spec;
 pub mod stats;
+pub mod window;
