@@ -505,7 +505,13 @@ impl Machine {
             actions.push(Action::Record(self.decision(if self.phase == 0 { "started" } else { "phase_started" }, "orchestrator", message, None, false)));
         }
         let quota = self.phase_quota(spec);
-        let room = self.parallel_room(spec);
+        let mut room = self.parallel_room(spec);
+        if let Some(window) = &spec.window {
+            if !window.is_open(now) {
+                // Devices already updating finish; nobody new starts until the window opens.
+                room = 0;
+            }
+        }
         let mut new = if self.queue_empty { 0 } else { quota.saturating_sub(self.counts.assigned).min(room) };
         if let Strategy::Rate(rate) = &spec.strategy {
             if self.phase == spec.n_phases() - 1 {
@@ -964,6 +970,22 @@ mod tests {
         assert!(per_tick[..peak].iter().all(|&n| n < 5000), "{per_tick:?}");
         world.run(10);
         assert_eq!(world.machine.status, Status::Completed);
+    }
+
+    #[test]
+    fn devices_start_updating_only_inside_the_maintenance_window() {
+        let mut spec = phased(&[100.0], 0);
+        // Every hour from minute 0 to 9 (UTC); the world starts at 1e9 ms = 13:46:40Z.
+        spec.window = Some(
+            crate::rollout::window::MaintenanceWindow::parse("0 * * * *", Duration::from_millis(10 * MIN), "UTC").unwrap(),
+        );
+        spec.max_parallel = 1;
+        let mut world = World::new(spec, 100, |_, _| Outcome::Succeeded);
+        world.run(10);
+        assert_eq!(world.machine.counts.assigned, 0);
+        world.run(20);
+        // 14:00 to 14:09 open: one device per tick for ten ticks.
+        assert_eq!(world.machine.counts.assigned, 10);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::rollout::stats::Direction;
+use crate::rollout::window::MaintenanceWindow;
 use crate::{Duration, Version};
 
 /// How devices are chosen over time.
@@ -241,6 +242,8 @@ pub struct RolloutSpec {
     pub on_failure: FailureAction,
     /// Whether devices that join the target later receive the release.
     pub dynamic: bool,
+    /// When devices may start updating; none means at any time.
+    pub window: Option<MaintenanceWindow>,
 }
 
 impl Default for RolloutSpec {
@@ -252,6 +255,7 @@ impl Default for RolloutSpec {
             gates: Gates::default(),
             on_failure: FailureAction::default(),
             dynamic: true,
+            window: None,
         }
     }
 }
@@ -502,12 +506,20 @@ mod tests {
         let spec: RolloutSpec = serde_json::from_str(
             r#"{"strategy": {"phases": [{"percent": 10, "soak": "1h", "approval": true}, {"percent": 100}]},
                 "policy": {"max_attempts": 2, "min_source_version": "2.0.0"},
+                "window": {"cron": "0 2 * * 1-5", "duration": "3h", "time_zone": "Europe/Berlin"},
                 "gates": {"canary": {"metrics": [{"metric": "battery_ma", "bad": "increase"}]}},
                 "on_failure": "rollback"}"#,
         )
         .unwrap();
         spec.validate().unwrap();
         assert_eq!(spec.on_failure, FailureAction::Rollback);
+        assert_eq!(spec.window.as_ref().unwrap().time_zone(), "Europe/Berlin");
+        let bad_window = serde_json::from_str::<RolloutSpec>(
+            r#"{"window": {"cron": "0 25 * * *", "duration": "1h", "time_zone": "UTC"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_window.contains("hour"), "{bad_window}");
         assert!(serde_json::from_str::<RolloutSpec>(r#"{"stratgy": {}}"#).is_err());
         let bad_metric: RolloutSpec = serde_json::from_str(
             r#"{"gates": {"canary": {"metrics": [{"metric": "Bad-Name", "bad": "increase"}]}}}"#,
