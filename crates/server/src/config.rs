@@ -37,6 +37,11 @@ pub struct ServerConfig {
     pub deployment_step_timeout: drover_core::Duration,
     /// The TUF repository: signature lifetimes and where the offline root key lives.
     pub tuf: crate::ota::TufConfig,
+    /// How often the rollout orchestrator steps each rollout with work left.
+    pub rollout_tick: std::time::Duration,
+    /// Where rollout alerts (pauses, aborts, rollbacks, completions) are posted as JSON, besides
+    /// the log.
+    pub alert_webhook: Option<String>,
 }
 
 impl ServerConfig {
@@ -65,6 +70,8 @@ impl ServerConfig {
             max_artifact_bytes: 4 << 30,
             deployment_step_timeout: drover_core::Duration::from_secs(3600),
             tuf: crate::ota::TufConfig::with_data_dir(data_dir),
+            rollout_tick: std::time::Duration::from_secs(5),
+            alert_webhook: None,
         }
     }
 

@@ -26,7 +26,8 @@ pub mod ingest;
 mod metrics;
 pub mod mqtt;
 mod openapi;
-pub mod ota;
+mod orchestrator;
+mod ota;
 mod routes;
 pub mod shadow_hub;
 pub mod storage;
@@ -62,6 +63,8 @@ pub struct AppState {
     delta_builds: Arc<tokio::sync::Semaphore>,
     /// Devices an operator just deployed to, for the MQTT transport to publish their offer.
     offers: tokio::sync::broadcast::Sender<drover_core::DeviceId>,
+    /// Wakes the rollout orchestrator when a rollout was created or commanded.
+    rollouts_changed: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -177,7 +180,10 @@ pub async fn start(
         revocations: tokio::sync::broadcast::channel(256).0,
         storage,
         delta_builds: Arc::new(tokio::sync::Semaphore::new(1)),
-        offers: tokio::sync::broadcast::channel(1024).0,
+        // Room for a whole dispatch batch: a lagging MQTT publisher would skip offers (devices
+        // still find them when they ask, but later).
+        offers: tokio::sync::broadcast::channel(65_536).0,
+        rollouts_changed: Arc::new(tokio::sync::Notify::new()),
     };
     let messages = mqtt::handler::DeviceMessages::new(state.clone());
     let mqtt_addr = mqtt_listener.as_ref().map(|l| l.local_addr());
@@ -208,6 +214,7 @@ pub async fn start(
             return Err(anyhow::Error::new(e).context("cannot create the first admin token"));
         }
     };
+    let orchestrator = tokio::spawn(orchestrator::run(state.clone(), state.config.rollout_tick));
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
@@ -238,6 +245,7 @@ pub async fn start(
         detector.abort();
         timeouts.abort();
         resign.abort();
+        orchestrator.abort();
         if let Some(transport) = mqtt_transport {
             transport.shutdown().await;
         }

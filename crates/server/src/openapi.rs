@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    artifacts, audit, auth, device_api, devices, groups, health, shadow, tuf, updates,
+    artifacts, audit, auth, device_api, devices, groups, health, rollouts, shadow, tuf, updates,
 };
 
 #[derive(OpenApi)]
@@ -26,6 +26,8 @@ use crate::routes::{
         shadow::device_get, shadow::device_update, shadow::device_delta,
         artifacts::upload, artifacts::list, artifacts::get, artifacts::delete, artifacts::image, artifacts::symbols,
         artifacts::create_deployment, artifacts::list_deployments, artifacts::cancel_deployment,
+        rollouts::create, rollouts::list, rollouts::get, rollouts::decisions, rollouts::devices,
+        rollouts::pause, rollouts::resume, rollouts::approve, rollouts::abort, rollouts::rollback,
         tuf::root, tuf::publish_root, tuf::add_key,
         updates::next, updates::report, updates::metadata, updates::target,
     ),
@@ -40,6 +42,7 @@ use crate::routes::{
         (name = "shadows", description = "Device shadows: desired and reported state"),
         (name = "artifacts", description = "Firmware artifacts and their deltas"),
         (name = "deployments", description = "Installing an artifact on one device"),
+        (name = "rollouts", description = "Staged rollouts with canary gates"),
         (name = "tuf", description = "The TUF repository: root rotation and online keys"),
         (name = "device", description = "Device API"),
     )

@@ -49,6 +49,7 @@ pub use ops::health::{
     CohortRollup, ConnectivityChange, DeviceHealth, HeartbeatRecord, IngestOptions,
 };
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
+pub use ops::rollouts::TickOutcome;
 pub use ops::tuf::{StoredKey, StoredMetadata};
 
 use crate::db::Db;
@@ -711,6 +712,117 @@ impl Store {
             db, &actor, &device, &new, now
         )
         .await)
+    }
+
+    // ---- rollouts ------------------------------------------------------------------------------
+
+    /// Validates, plans and creates a rollout.
+    pub async fn create_rollout(
+        &self,
+        actor: &Actor,
+        new: drover_proto::rollouts::NewRollout,
+        now: Timestamp,
+    ) -> Result<drover_proto::rollouts::RolloutView, StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::rollouts::create(db, &actor, &new, now).await)
+    }
+
+    /// One rollout.
+    pub async fn get_rollout(
+        &self,
+        id: drover_proto::rollouts::RolloutId,
+    ) -> Result<drover_proto::rollouts::RolloutView, StoreError> {
+        with_db!(self, read, |db| ops::rollouts::get(db, id).await)
+    }
+
+    /// Rollouts, newest first.
+    pub async fn list_rollouts(
+        &self,
+        status: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<drover_proto::rollouts::RolloutView>, StoreError> {
+        with_db!(self, read, |db| ops::rollouts::list(db, status.as_deref(), limit).await)
+    }
+
+    /// A rollout's decision log.
+    pub async fn rollout_decisions(
+        &self,
+        id: drover_proto::rollouts::RolloutId,
+    ) -> Result<Vec<drover_proto::rollouts::RolloutDecisionView>, StoreError> {
+        with_db!(self, read, |db| ops::rollouts::decisions(db, id).await)
+    }
+
+    /// A page of a rollout's devices in rank order.
+    pub async fn rollout_devices(
+        &self,
+        id: drover_proto::rollouts::RolloutId,
+        state: Option<String>,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<drover_proto::rollouts::RolloutDeviceView>, StoreError> {
+        with_db!(self, read, |db| ops::rollouts::devices(
+            db,
+            id,
+            state.as_deref(),
+            cursor.as_deref(),
+            limit
+        )
+        .await)
+    }
+
+    /// Applies an operator's command to a rollout.
+    pub async fn rollout_command(
+        &self,
+        actor: &Actor,
+        id: drover_proto::rollouts::RolloutId,
+        command: drover_core::rollout::machine::Command,
+        now: Timestamp,
+    ) -> Result<(drover_proto::rollouts::RolloutView, TickOutcome), StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::rollouts::command(
+            db,
+            &actor,
+            id,
+            command.clone(),
+            now
+        )
+        .await)
+    }
+
+    /// Rollouts the orchestrator has work for.
+    pub async fn active_rollouts(
+        &self,
+    ) -> Result<Vec<drover_proto::rollouts::RolloutId>, StoreError> {
+        with_db!(self, read, |db| ops::rollouts::active(db).await)
+    }
+
+    /// One orchestrator tick of one rollout; `None` when another replica holds it right now.
+    pub async fn tick_rollout(
+        &self,
+        id: drover_proto::rollouts::RolloutId,
+        now: Timestamp,
+    ) -> Result<Option<TickOutcome>, StoreError> {
+        with_db!(self, write, |db| ops::rollouts::tick(db, id, now, Vec::new(), true).await)
+    }
+
+    /// Alerts waiting for delivery.
+    pub async fn undelivered_rollout_alerts(
+        &self,
+        limit: usize,
+    ) -> Result<
+        Vec<(
+            drover_proto::rollouts::RolloutId,
+            String,
+            drover_proto::rollouts::RolloutDecisionView,
+        )>,
+        StoreError,
+    > {
+        with_db!(self, read, |db| ops::rollouts::undelivered_alerts(db, limit).await)
+    }
+
+    /// Marks alerts delivered.
+    pub async fn mark_rollout_alerts_delivered(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        with_db!(self, write, |db| ops::rollouts::mark_delivered(db, &seqs).await)
     }
 
     /// One deployment with its history.

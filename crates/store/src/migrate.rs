@@ -46,6 +46,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_ota.sql"),
         postgres: include_str!("../migrations/postgres/0005_ota.sql"),
     },
+    Migration {
+        version: 6,
+        name: "rollouts",
+        sqlite: include_str!("../migrations/sqlite/0006_rollouts.sql"),
+        postgres: include_str!("../migrations/postgres/0006_rollouts.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying Drover's migration lock.

@@ -9,6 +9,7 @@ pub mod download;
 pub mod groups;
 pub mod health;
 pub mod ops;
+pub mod rollouts;
 pub mod shadow;
 pub mod tuf;
 pub mod updates;
@@ -80,6 +81,15 @@ pub fn router(state: AppState) -> Router {
             "/devices/{id}/deployments/{deployment}/cancel",
             post(artifacts::cancel_deployment),
         )
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/{id}", get(rollouts::get))
+        .route("/rollouts/{id}/decisions", get(rollouts::decisions))
+        .route("/rollouts/{id}/devices", get(rollouts::devices))
+        .route("/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/approve", post(rollouts::approve))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/rollouts/{id}/rollback", post(rollouts::rollback))
         .route(
             "/artifacts",
             get(artifacts::list)

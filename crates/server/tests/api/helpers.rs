@@ -21,6 +21,7 @@ pub struct TestApp {
     pub mqtt_addr: Option<std::net::SocketAddr>,
     pub http: reqwest::Client,
     server: Option<RunningServer>,
+    config: ServerConfig,
     db: Option<TestDb>,
     _dir: TempDir,
 }
@@ -38,6 +39,10 @@ pub struct AppOptions {
     /// Artifact storage; a directory under the test's data directory when absent.
     pub artifacts: Option<drover_server::storage::StorageConfig>,
     pub max_artifact_bytes: Option<u64>,
+    /// How often the rollout orchestrator ticks (the server default when absent).
+    pub rollout_tick: Option<std::time::Duration>,
+    /// Where rollout alerts are posted.
+    pub alert_webhook: Option<String>,
 }
 
 /// Starts a server on a fresh store, or returns `None` when the backend is not configured.
@@ -73,7 +78,11 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     if let Some(n) = options.max_artifact_bytes {
         config.max_artifact_bytes = n;
     }
-    let server = drover_server::start(config, std::future::pending())
+    if let Some(every) = options.rollout_tick {
+        config.rollout_tick = every;
+    }
+    config.alert_webhook = options.alert_webhook;
+    let server = drover_server::start(config.clone(), std::future::pending())
         .await
         .expect("server starts");
     Some(TestApp {
@@ -81,6 +90,7 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         mqtt_addr: server.mqtt_addr,
         http: reqwest::Client::new(),
         server: Some(server),
+        config,
         db: Some(db),
         _dir: dir,
     })
@@ -178,6 +188,19 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Stops the server and starts it again on the same store and data directory (on a new port).
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+        let server = drover_server::start(self.config.clone(), std::future::pending())
+            .await
+            .expect("server restarts");
+        self.base = format!("http://{}", server.addr);
+        self.mqtt_addr = server.mqtt_addr;
+        self.server = Some(server);
     }
 
     /// Stops the server and drops its database.

@@ -13,6 +13,7 @@ mod mqtt;
 mod mqtt_external;
 mod ops;
 mod provisioning;
+mod rollouts;
 mod rollups;
 mod s3;
 mod shadow;

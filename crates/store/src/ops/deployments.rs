@@ -293,10 +293,35 @@ pub async fn report<D: Db>(
     }
     // A download-only deployment is done once the verified image waits in the inactive slot; a
     // later (forced or soft) deployment of the same version installs it without downloading.
+    if let (Some(was), Some(now_step)) = (step_rank(current.state), step_rank(report.state)) {
+        if now_step < was && was >= STEP_INSTALLING {
+            return Err(StoreError::Conflict(format!(
+                "deployment {id} is already {}; a {} report is out of order and was ignored",
+                current.state.as_str(),
+                report.state.as_str()
+            )));
+        }
+    }
     let finished = report.state.is_final()
         || (current.update_type == UpdateType::DownloadOnly
             && report.state == DeploymentState::Downloaded);
-    let deadline = (!finished).then(|| now.saturating_add(step_timeout));
+    // A rollout's deployment carries its own step timeout and an overall deadline.
+    let limits = db
+        .query_one(
+            "SELECT step_timeout, expires_at FROM deployments WHERE id = $1",
+            &[Value::Int(id.0)],
+        )
+        .await?;
+    let step_timeout = limits
+        .opt_int(0)?
+        .map_or(step_timeout, Duration::from_millis);
+    let deadline = (!finished).then(|| {
+        let step = now.saturating_add(step_timeout);
+        match limits.opt_int(1).ok().flatten() {
+            Some(expires) if expires < step.as_millis() => Timestamp::from_millis(expires),
+            _ => step,
+        }
+    });
     db.execute(
         "UPDATE deployments SET state = $1, reason = $2, failure = $3,
              bytes_done = COALESCE($4, bytes_done), used_delta = COALESCE($5, used_delta),
@@ -324,6 +349,9 @@ pub async fn report<D: Db>(
     .await?;
     if report.state != current.state {
         add_event(db, id, now, report.state, report.reason.as_deref()).await?;
+    }
+    if finished {
+        mark_rollout_device(db, id).await?;
     }
     if report.state == DeploymentState::Succeeded {
         if let Some(version) = &report.firmware {
@@ -384,6 +412,7 @@ pub async fn cancel<D: Db>(
         Some(&format!("canceled by {}", actor.name)),
     )
     .await?;
+    mark_rollout_device(db, id).await?;
     let after = get(db, id).await?;
     audit::record(
         db,
@@ -424,9 +453,102 @@ pub async fn time_out<D: Db>(
         )
         .await?;
         add_event(db, id, now, DeploymentState::TimedOut, Some(&reason)).await?;
+        mark_rollout_device(db, id).await?;
         expired.push(id);
     }
     Ok(expired)
+}
+
+/// Creates the deployment of a rollout's device: no per-device audit entry (the rollout's
+/// creation is audited), a deadline for a device that never starts (`expires_at`), and the
+/// rollout's step timeout for later reports.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_for_rollout<D: Db>(
+    db: &mut D,
+    device_seq: i64,
+    artifact: &ArtifactRef,
+    update_type: UpdateType,
+    from_version: &str,
+    attempt: u32,
+    rollout_id: i64,
+    step_timeout: Duration,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> Result<DeploymentId, StoreError> {
+    let row = db
+        .query_one(
+            "INSERT INTO deployments (device_seq, artifact_seq, artifact, version, state, update_type, attempt,
+                 from_version, created_at, created_by, updated_at, rollout_id, step_timeout, expires_at, deadline)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $8, $10, $11, $12, $12) RETURNING id",
+            &[
+                Value::Int(device_seq),
+                Value::Int(artifact.seq),
+                Value::from(artifact.name.as_str()),
+                Value::from(artifact.version.to_string()),
+                Value::from(wire(&update_type)),
+                Value::Int(i64::from(attempt)),
+                Value::from(from_version),
+                ts(now),
+                Value::from(format!("rollout {rollout_id}")),
+                Value::Int(rollout_id),
+                Value::Int(step_timeout.as_millis()),
+                ts(expires_at),
+            ],
+        )
+        .await?;
+    let id = DeploymentId(row.int(0)?);
+    add_event(db, id, now, DeploymentState::Pending, None).await?;
+    Ok(id)
+}
+
+/// Cancels an unfinished deployment on the server's own account (an aborted or rolled-back
+/// rollout); the device is told to stop at its next report.
+pub(crate) async fn cancel_by_system<D: Db>(
+    db: &mut D,
+    id: DeploymentId,
+    why: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let changed = db
+        .execute(
+            "UPDATE deployments SET state = 'canceled', reason = $1, updated_at = $2, finished_at = $2, deadline = NULL
+             WHERE id = $3 AND finished_at IS NULL",
+            &[Value::from(why), ts(now), Value::Int(id.0)],
+        )
+        .await?;
+    if changed > 0 {
+        add_event(db, id, now, DeploymentState::Canceled, Some(why)).await?;
+    }
+    Ok(())
+}
+
+/// Flags the rollout device whose deployment just finished, so the orchestrator's next tick
+/// counts its outcome (a primary-key update; nothing when the deployment is not a rollout's).
+async fn mark_rollout_device<D: Db>(db: &mut D, id: DeploymentId) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE rollout_devices SET changed = 1
+         WHERE rollout_id = (SELECT rollout_id FROM deployments WHERE id = $1)
+           AND device_seq = (SELECT device_seq FROM deployments WHERE id = $1)
+           AND deployment_id = $1",
+        &[Value::Int(id.0)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Order of the steps a device reports, for refusing reports that go backwards.
+const STEP_INSTALLING: u8 = 3;
+
+fn step_rank(state: DeploymentState) -> Option<u8> {
+    Some(match state {
+        DeploymentState::Pending => 0,
+        DeploymentState::Downloading => 1,
+        DeploymentState::Downloaded => 2,
+        DeploymentState::Installing => STEP_INSTALLING,
+        DeploymentState::Rebooting => 4,
+        DeploymentState::Verifying => 5,
+        _ => return None,
+    })
 }
 
 async fn add_event<D: Db>(

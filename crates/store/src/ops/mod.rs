@@ -8,6 +8,7 @@ pub mod devices;
 pub mod groups;
 pub mod health;
 pub mod provision;
+pub mod rollouts;
 pub mod shadow;
 pub mod targets;
 pub mod tuf;

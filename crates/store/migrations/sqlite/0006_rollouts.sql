@@ -1,0 +1,73 @@
+-- Staged rollouts: the rollout with its definition and the orchestrator's stored state machine,
+-- one row per target device in stratified rank order (the dispatch queue and each device's part),
+-- and the decision log, which doubles as the outbox of alerts.
+
+CREATE TABLE rollouts (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT    NOT NULL,
+    artifact_seq INTEGER REFERENCES artifacts (seq) ON DELETE SET NULL,
+    artifact     TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    -- JSON: the target (group, query or device list) and the rollout definition.
+    target       TEXT    NOT NULL,
+    spec         TEXT    NOT NULL,
+    update_type  TEXT    NOT NULL,
+    status       TEXT    NOT NULL,
+    -- JSON: the orchestrator's state machine, rewritten by every tick.
+    machine      TEXT    NOT NULL,
+    seed         INTEGER NOT NULL,
+    -- Devices updated at or after this time are checked for joining a dynamic target.
+    joined_check INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    created_by   TEXT    NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX rollouts_status ON rollouts (status, id);
+
+CREATE TABLE rollout_devices (
+    rollout_id    INTEGER NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+    device_seq    INTEGER NOT NULL REFERENCES devices (seq) ON DELETE CASCADE,
+    rank          REAL    NOT NULL,
+    -- queued, updating, retry, succeeded, failed, rolled_back, timed_out, rejected, skipped,
+    -- canceled, revert_queued, reverting, reverted, revert_failed.
+    state         TEXT    NOT NULL,
+    -- Held back on the old version as the canary analysis's baseline (the last ranks).
+    baseline      INTEGER NOT NULL DEFAULT 0,
+    -- Among the canary devices whose heartbeats the analysis reads (a bounded, stable sample).
+    analysis      INTEGER NOT NULL DEFAULT 0,
+    attempt       INTEGER NOT NULL DEFAULT 0,
+    retry_at      INTEGER,
+    deployment_id INTEGER,
+    -- The version the device ran before (what a rollback puts back).
+    from_version  TEXT,
+    -- When the device finished its update (succeeded devices: when it started running the release).
+    finished_at   INTEGER,
+    reason        TEXT,
+    -- 1 when its deployment reached an outcome the orchestrator has not yet counted.
+    changed       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (rollout_id, device_seq)
+);
+CREATE INDEX rollout_devices_queue ON rollout_devices (rollout_id, state, rank);
+CREATE INDEX rollout_devices_changed ON rollout_devices (rollout_id) WHERE changed = 1;
+CREATE INDEX rollout_devices_retry ON rollout_devices (rollout_id, retry_at) WHERE state = 'retry';
+CREATE INDEX rollout_devices_device ON rollout_devices (device_seq);
+
+CREATE TABLE rollout_decisions (
+    seq        INTEGER PRIMARY KEY,
+    rollout_id INTEGER NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+    at         INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    actor      TEXT    NOT NULL,
+    phase      INTEGER NOT NULL,
+    message    TEXT    NOT NULL,
+    evidence   TEXT,
+    alert      INTEGER NOT NULL,
+    delivered  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX rollout_decisions_rollout ON rollout_decisions (rollout_id, seq);
+CREATE INDEX rollout_decisions_outbox ON rollout_decisions (seq) WHERE alert = 1 AND delivered = 0;
+
+ALTER TABLE deployments ADD COLUMN rollout_id INTEGER REFERENCES rollouts (id) ON DELETE SET NULL;
+-- A rollout's per-step silence limit, and when the whole attempt times out.
+ALTER TABLE deployments ADD COLUMN step_timeout INTEGER;
+ALTER TABLE deployments ADD COLUMN expires_at INTEGER;
