@@ -196,6 +196,13 @@ pub const KNOWN_METRICS: &[KnownMetric] = &[
         0.0,
         1e10,
     ),
+    metric(
+        "crashes",
+        "count",
+        "application crashes since the last heartbeat (the canary gate's crash rate)",
+        0.0,
+        1e9,
+    ),
     // Update.
     metric(
         "rollback_count",

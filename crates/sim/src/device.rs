@@ -53,6 +53,8 @@ const MAX_BUFFERED: usize = 200;
 const REBOOT_TIME: Duration = Duration::from_secs(30);
 /// Custom metric: crashes per hour over the last heartbeat interval (simulated time).
 pub const CRASH_METRIC: &str = "crashes_per_hour";
+/// Known metric: crashes since the last heartbeat, which the rollout canary gate counts.
+pub const CRASH_COUNT_METRIC: &str = "crashes";
 
 /// What every virtual device of a run shares.
 pub struct Fleet {
@@ -543,6 +545,9 @@ impl<'f> Device<'f> {
             let crashes = poisson_sample(rate * covered_hours, rng);
             if let Ok(name) = MetricName::parse(CRASH_METRIC) {
                 metrics.insert(name, crashes as f64 / covered_hours);
+            }
+            if let Ok(name) = MetricName::parse(CRASH_COUNT_METRIC) {
+                metrics.insert(name, crashes as f64);
             }
         }
         if let Ok(name) = MetricName::parse("uptime_s") {
