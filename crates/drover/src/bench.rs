@@ -32,6 +32,8 @@ pub enum BenchCommand {
     MqttIdle(crate::bench_mqtt::IdleArgs),
     /// Shadow state reports, and desired state reaching long-polling devices (anchor: `/healthz`).
     Shadow(crate::bench_device::ShadowArgs),
+    /// Rollout creation and planning, dispatch rate and orchestrator cost per tick by fleet size.
+    RolloutScale(crate::bench_rollout_scale::ScaleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +88,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Download(args) => crate::bench_download::run(args).await,
         BenchCommand::Checkins(args) => crate::bench_device::checkins(args).await,
         BenchCommand::Shadow(args) => crate::bench_device::shadow(args).await,
+        BenchCommand::RolloutScale(args) => crate::bench_rollout_scale::run(args).await,
     }
 }
 
@@ -118,6 +121,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
         seed: args.seed,
         n: args.devices,
         now_ms: drover_server::now().as_millis(),
+        types: TYPES,
     };
     let body = reqwest::Body::wrap_stream(futures::stream::iter((0..fleet.n).step_by(10_000).map(
         move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(fleet.n))),
@@ -473,10 +477,12 @@ async fn group_count(http: &reqwest::Client, base: &str, name: &str) -> anyhow::
 /// A deterministic synthetic fleet with realistic skew: most devices in production, a long tail of
 /// firmware versions, a few percent offline, sites spread over regions.
 #[derive(Clone, Copy)]
-struct Fleet {
-    seed: u64,
-    n: u64,
-    now_ms: i64,
+pub(crate) struct Fleet {
+    pub(crate) seed: u64,
+    pub(crate) n: u64,
+    pub(crate) now_ms: i64,
+    /// Device types and their weights (the registry mix by default).
+    pub(crate) types: &'static [(&'static str, u64)],
 }
 
 const TYPES: &[(&str, u64)] = &[
@@ -519,7 +525,7 @@ const CITIES: &[(&str, &str)] = &[
 
 impl Fleet {
     /// JSON lines for devices `from..to`.
-    fn chunk(&self, from: u64, to: u64) -> String {
+    pub(crate) fn chunk(&self, from: u64, to: u64) -> String {
         let mut out = String::with_capacity(((to - from) * 330) as usize);
         for idx in from..to {
             let mut rng = SplitMix(self.seed ^ idx.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -535,7 +541,7 @@ impl Fleet {
             let last_seen = drover_core::Timestamp::from_millis(self.now_ms - ago_ms);
             let line = serde_json::json!({
                 "id": format!("dev-{idx:07}"),
-                "device_type": rng.pick(TYPES),
+                "device_type": rng.pick(self.types),
                 "hw_id": format!("SN-{idx:08}"),
                 "hw_rev": rng.pick(HW_REVS),
                 "site": site,

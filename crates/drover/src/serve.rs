@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// Where artifact files are kept: file:DIR or s3://BUCKET[/PREFIX] [default: file:<data-dir>/artifacts].
     #[arg(long, env = "DROVER_ARTIFACT_STORE")]
     pub artifact_store: Option<String>,
+    /// How often the rollout orchestrator steps each rollout, e.g. `5s` [default: 5s].
+    #[arg(long, env = "DROVER_ROLLOUT_TICK")]
+    pub rollout_tick: Option<String>,
+    /// Post rollout alerts (pauses, aborts, rollbacks, completions) as JSON to this URL.
+    #[arg(long, env = "DROVER_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
 }
 
 /// How logs are written to stderr.
@@ -90,6 +96,10 @@ pub struct FileConfig {
     pub deployment_step_timeout: Option<String>,
     /// The TUF root key file used to create the repository on first start.
     pub tuf_root_key: Option<PathBuf>,
+    /// How often the rollout orchestrator steps each rollout, e.g. `5s`.
+    pub rollout_tick: Option<String>,
+    /// Where rollout alerts are posted as JSON.
+    pub alert_webhook: Option<String>,
 }
 
 impl FileConfig {
@@ -176,6 +186,20 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
     }
     if let Some(path) = file.tuf_root_key {
         config.tuf.root_key_file = path;
+    }
+    if let Some(text) = args.rollout_tick.clone().or(file.rollout_tick) {
+        let tick = drover_core::Duration::parse(&text)
+            .map_err(|e| anyhow::anyhow!("rollout_tick: {e}"))?;
+        if !(100..=600_000).contains(&tick.as_millis()) {
+            bail!("rollout_tick must be between 100ms and 10m, got {text}");
+        }
+        config.rollout_tick = std::time::Duration::from_millis(tick.as_millis() as u64);
+    }
+    if let Some(url) = args.alert_webhook.clone().or(file.alert_webhook) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("alert_webhook must be an http:// or https:// URL, got {url:?}");
+        }
+        config.alert_webhook = Some(url);
     }
     config.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     if let Some(token) = &config.admin_token {

@@ -526,11 +526,15 @@ impl Machine {
         if may_dispatch && (new > 0 || retries > 0) {
             actions.push(Action::Dispatch { new, retries });
         }
-        let settled = (self.counts.assigned >= quota || self.queue_empty)
-            && self.counts.in_flight == 0
-            && self.counts.retry_waiting == 0
-            && new == 0
-            && may_dispatch;
+        let all_offered = (self.counts.assigned >= quota || self.queue_empty) && new == 0 && may_dispatch;
+        let everyone_done = self.counts.in_flight == 0 && self.counts.retry_waiting == 0;
+        // Before the last phase, enough finished devices start the soak; the last phase completes
+        // only when every device finished.
+        let enough_done = {
+            let needed = ((self.counts.assigned as f64) * spec.advance_at_pct / 100.0).ceil() as u64;
+            self.counts.finished() >= needed
+        };
+        let settled = all_offered && (everyone_done || (!self.is_last_phase(spec) && enough_done));
         if !settled {
             return;
         }
@@ -986,6 +990,19 @@ mod tests {
         world.run(20);
         // 14:00 to 14:09 open: one device per tick for ten ticks.
         assert_eq!(world.machine.counts.assigned, 10);
+    }
+
+    #[test]
+    fn one_silent_device_does_not_hold_up_a_phase() {
+        // Device 3 never answers (each attempt times out); with 95% finished the phase moves on.
+        let mut spec = phased(&[50.0, 100.0], 2);
+        spec.gates.canary.enabled = false;
+        spec.gates.thresholds.max_timeout_pct = 100.0;
+        spec.policy.retry_backoff = Duration::from_millis(60 * MIN);
+        let mut world = World::new(spec, 40, |d, _| if d == 3 { Outcome::TimedOut } else { Outcome::Succeeded });
+        world.run(8);
+        assert_eq!(world.machine.phase, 1, "{:?}", world.kinds());
+        assert!(world.machine.counts.retry_waiting == 1);
     }
 
     #[test]

@@ -244,6 +244,9 @@ pub struct RolloutSpec {
     pub dynamic: bool,
     /// When devices may start updating; none means at any time.
     pub window: Option<MaintenanceWindow>,
+    /// A phase's soak starts once this share of its devices finished (the rest keep updating in
+    /// the background), so one device that is offline for hours does not hold a phase up.
+    pub advance_at_pct: f64,
 }
 
 impl Default for RolloutSpec {
@@ -256,6 +259,7 @@ impl Default for RolloutSpec {
             on_failure: FailureAction::default(),
             dynamic: true,
             window: None,
+            advance_at_pct: 95.0,
         }
     }
 }
@@ -275,6 +279,12 @@ impl RolloutSpec {
         match &self.strategy {
             Strategy::Phases(phases) => validate_phases(phases, self.gates.canary.enabled)?,
             Strategy::Rate(rate) => validate_rate(rate)?,
+        }
+        if !(self.advance_at_pct >= 50.0 && self.advance_at_pct <= 100.0) {
+            bad(format!(
+                "advance_at_pct is {}; use a percentage from 50 to 100",
+                self.advance_at_pct
+            ))?;
         }
         let policy = &self.policy;
         if policy.max_attempts == 0 || policy.max_attempts > 20 {

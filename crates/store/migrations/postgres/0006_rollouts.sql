@@ -18,6 +18,8 @@ CREATE TABLE rollouts (
     seed         BIGINT  NOT NULL,
     -- Devices updated at or after this time are checked for joining a dynamic target.
     joined_check BIGINT  NOT NULL,
+    -- When crashes were last totalled for the sequential crash test (at most once a minute).
+    crash_checked_at BIGINT,
     created_at   BIGINT  NOT NULL,
     created_by   TEXT    NOT NULL,
     updated_at   BIGINT  NOT NULL

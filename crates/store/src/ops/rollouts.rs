@@ -36,6 +36,8 @@ pub const ANALYSIS_DEVICES: u64 = 1000;
 const REVERTS_PER_TICK: i64 = 2000;
 /// Outcomes counted per tick (the rest wait for the next one).
 const OUTCOMES_PER_TICK: i64 = 20_000;
+/// How often the sequential crash test is fed, in milliseconds.
+const CRASH_CHECK_EVERY_MS: i64 = 60_000;
 /// Devices inserted per statement while planning.
 const PLAN_BATCH: usize = 500;
 
@@ -252,7 +254,7 @@ pub async fn tick<D: Db>(
     let Some(row) = db
         .query_opt(
             &format!(
-                "SELECT spec, machine, target, seed, joined_check, artifact_seq, update_type, created_at
+                "SELECT spec, machine, target, seed, joined_check, artifact_seq, update_type, crash_checked_at
                  FROM rollouts WHERE id = $1{lock}"
             ),
             &[Value::Int(id.0)],
@@ -290,10 +292,19 @@ pub async fn tick<D: Db>(
         }
     }
     events.extend(outcomes(db, &ctx, machine.counts.succeeded).await?);
-    if spec.gates.canary.enabled && machine.status == Status::Running {
+    // Totalling crashes reads every canary heartbeat since the first update: at most once a minute.
+    let crash_due = row
+        .opt_int(7)?
+        .is_none_or(|at| now.as_millis() - at >= CRASH_CHECK_EVERY_MS);
+    if spec.gates.canary.enabled && machine.status == Status::Running && crash_due {
         if let Some(crashes) = crash_increment(db, &ctx, &machine).await? {
             events.push(crashes);
         }
+        db.execute(
+            "UPDATE rollouts SET crash_checked_at = $1 WHERE id = $2",
+            &[ts(now), Value::Int(id.0)],
+        )
+        .await?;
     }
     // The machine asks for data (dispatch results, canary data) by action and gets it back as
     // events in a further step of the same tick.

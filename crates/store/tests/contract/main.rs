@@ -71,4 +71,5 @@ mod listing;
 mod metric_queries;
 mod provisioning;
 mod query_agreement;
+mod rollouts;
 mod shadow;
