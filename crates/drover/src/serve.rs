@@ -332,6 +332,8 @@ pub async fn recover_admin(args: RecoverArgs) -> anyhow::Result<()> {
         mqtt_listen: None,
         mqtt_broker: None,
         artifact_store: None,
+        rollout_tick: None,
+        alert_webhook: None,
     };
     let (config, _) = build_config(&serve_args)?;
     let store =
