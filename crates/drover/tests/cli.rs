@@ -872,3 +872,282 @@ async fn drover_sim_refuses_bad_scenarios_and_flags_before_starting_any_device()
     assert!(run.stderr.contains("--claim-token"), "{}", run.stderr);
     assert!(!dir.path.join("state").join("devices.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_rollout_is_created_shown_paused_resumed_and_aborted_from_the_cli() {
+    let app = spawn_server().await;
+    for id in ["s-1", "s-2", "s-3", "s-4"] {
+        app.drover(&[
+            "devices",
+            "create",
+            "--type",
+            "sensor",
+            "--id",
+            id,
+            "--firmware",
+            "1.0.0",
+            "--status",
+            "active",
+        ])
+        .await
+        .ok();
+    }
+    let image = app.dir.path.join("sensor-fw-1.1.0.img");
+    std::fs::write(
+        &image,
+        (0..4000u32).map(|i| (i * 31) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    app.drover(&[
+        "artifacts",
+        "upload",
+        &image.display().to_string(),
+        "--name",
+        "sensor-fw",
+        "--version",
+        "1.1.0",
+        "--device-type",
+        "sensor",
+    ])
+    .await
+    .ok();
+
+    // The orchestrator ticks every 5 s, so whether phase 1 has been dispatched yet is left open.
+    let created = app
+        .drover(&[
+            "rollouts",
+            "create",
+            "--artifact",
+            "sensor-fw",
+            "--version",
+            "1.1.0",
+            "--query",
+            "device_type = sensor",
+            "--phases",
+            "50,100",
+            "--soak",
+            "1s",
+        ])
+        .await
+        .ok();
+    assert!(created.starts_with("Created rollout 1.\n"), "{created}");
+    for (key, expected) in [
+        ("Release", "sensor-fw 1.1.0 (forced update)"),
+        ("Target", "query \"device_type = sensor\""),
+        ("Status", "running"),
+        ("Strategy", "50% (soak 1s) → 100%"),
+        ("Phase", "1/2 (50%)"),
+    ] {
+        assert_eq!(field(&created, key), expected, "{created}");
+    }
+    assert!(
+        field(&created, "Devices").starts_with("4 in the target"),
+        "{created}"
+    );
+
+    let shown = app.drover(&["rollouts", "show", "1"]).await.ok();
+    assert_eq!(field(&shown, "Phase"), "1/2 (50%)", "{shown}");
+    assert!(
+        field(&shown, "Progress").ends_with("phase 1 reaches 50%"),
+        "{shown}"
+    );
+    assert!(
+        field(&shown, "Devices").starts_with("4 in the target"),
+        "{shown}"
+    );
+    let decisions_at = shown.find("\nDecisions:\n").expect("a decision list");
+    assert!(shown[decisions_at..].contains("created"), "{shown}");
+
+    let listed = app.drover(&["rollouts", "list"]).await.ok();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("SUCCEEDED/TARGET"),
+        "{listed}"
+    );
+    assert_eq!(lines.len(), 2, "{listed}");
+    for expected in ["sensor-fw 1.1.0", "running", "1/2 (50%)", "0/4"] {
+        assert!(lines[1].contains(expected), "{expected:?} in:\n{listed}");
+    }
+
+    let paused = app
+        .drover(&["rollouts", "pause", "1", "--reason", "checking batteries"])
+        .await
+        .ok();
+    let lines: Vec<&str> = paused.lines().collect();
+    assert!(
+        lines[0].starts_with("Rollout 1 (sensor-fw 1.1.0) is paused at phase 1/2 (50%): ")
+            && lines[0].ends_with("checking batteries"),
+        "{paused}"
+    );
+    assert_eq!(
+        lines[1], "Waiting for an operator to resume or roll back.",
+        "{paused}"
+    );
+    assert_eq!(
+        app.drover(&["rollouts", "list", "--status", "paused"])
+            .await
+            .ok()
+            .lines()
+            .count(),
+        2
+    );
+    let resumed = app.drover(&["rollouts", "resume", "1"]).await.ok();
+    assert!(
+        resumed.starts_with("Rollout 1 (sensor-fw 1.1.0) is running at phase 1/2 (50%)"),
+        "{resumed}"
+    );
+
+    let view = app
+        .drover(&["--json", "rollouts", "show", "1"])
+        .await
+        .json();
+    assert_eq!(view["status"], "running");
+    assert_eq!(view["counts"]["target"], 4);
+    assert_eq!(view["spec"]["strategy"]["phases"][0]["soak"], "1s");
+    let all = app.drover(&["--json", "rollouts", "list"]).await.json();
+    assert_eq!(all[0]["id"], 1);
+    let decisions = app
+        .drover(&["--json", "rollouts", "decisions", "1"])
+        .await
+        .json();
+    let kinds: Vec<&str> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"created"), "{kinds:?}");
+    let page = app
+        .drover(&["--json", "rollouts", "devices", "1", "--limit", "10"])
+        .await
+        .json();
+    assert!(page["items"].is_array(), "{page}");
+    let log = app.drover(&["rollouts", "decisions", "1"]).await.ok();
+    assert!(
+        log.starts_with("AT") && log.contains("checking batteries"),
+        "{log}"
+    );
+
+    let aborted = app
+        .drover(&["rollouts", "abort", "1", "--reason", "wrong build"])
+        .await
+        .ok();
+    assert!(
+        aborted.starts_with("Rollout 1 (sensor-fw 1.1.0) is aborted: ")
+            && aborted.ends_with("wrong build\n"),
+        "{aborted}"
+    );
+    let again = app.drover(&["rollouts", "abort", "1"]).await;
+    assert_eq!(again.code, 5, "{again:?}");
+
+    // A definition file, with flags over it.
+    let spec = app.file(
+        "rollout.json",
+        r#"{"strategy": {"phases": [{"percent": 100}]}, "gates": {"canary": {"enabled": false}}, "max_parallel": 1}"#,
+    );
+    let from_file = app
+        .drover(&[
+            "--json",
+            "rollouts",
+            "create",
+            "--artifact",
+            "sensor-fw",
+            "--version",
+            "1.1.0",
+            "--devices",
+            "s-1,s-2",
+            "--name",
+            "two units",
+            "--spec",
+            &spec,
+            "--max-parallel",
+            "2",
+        ])
+        .await
+        .json();
+    assert_eq!(from_file["name"], "two units");
+    assert_eq!(from_file["n_phases"], 1);
+    assert_eq!(from_file["spec"]["max_parallel"], 2);
+    assert_eq!(from_file["spec"]["gates"]["canary"]["enabled"], false);
+    app.drover(&["rollouts", "abort", "2"]).await.ok();
+
+    fn create<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "rollouts",
+            "create",
+            "--artifact",
+            "sensor-fw",
+            "--version",
+            "1.1.0",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+    let two_targets = app
+        .drover(&create(&[
+            "--group",
+            "pilot",
+            "--query",
+            "device_type = sensor",
+        ]))
+        .await;
+    assert_eq!(two_targets.code, 2, "{two_targets:?}");
+    assert!(
+        two_targets.stderr.contains("cannot be used with"),
+        "{two_targets:?}"
+    );
+    let zero_rate = app
+        .drover(&create(&[
+            "--query",
+            "device_type = sensor",
+            "--rate",
+            "0:2:10",
+        ]))
+        .await;
+    assert_eq!(zero_rate.code, 2, "{zero_rate:?}");
+    assert_eq!(
+        zero_rate.stderr,
+        "error: strategy.rate.base_per_minute must be at least 1\n"
+    );
+    let decreasing = app
+        .drover(&create(&[
+            "--query",
+            "device_type = sensor",
+            "--phases",
+            "50,10,100",
+        ]))
+        .await;
+    assert_eq!(decreasing.code, 2, "{decreasing:?}");
+    assert!(
+        decreasing.stderr.starts_with("error: ") && decreasing.stderr.contains("must increase"),
+        "{decreasing:?}"
+    );
+    let bad_soak = app
+        .drover(&create(&[
+            "--query",
+            "device_type = sensor",
+            "--soak",
+            "soon",
+        ]))
+        .await;
+    assert_eq!(bad_soak.code, 2, "{bad_soak:?}");
+    assert!(bad_soak.stderr.contains("--soak"), "{bad_soak:?}");
+    let unknown = app.drover(&["rollouts", "show", "999"]).await;
+    assert_eq!(unknown.code, 4, "{unknown:?}");
+    assert_eq!(unknown.stderr, "error: rollout \"999\" not found\n");
+    let not_an_id = app.drover(&["rollouts", "pause", "abc"]).await;
+    assert_eq!(not_an_id.code, 2, "{not_an_id:?}");
+    assert!(
+        not_an_id.stderr.contains("positive number"),
+        "{not_an_id:?}"
+    );
+    app.stop().await;
+}
+
+/// The value of `key` in a `Key:  value` block.
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key}: line in:\n{text}"))
+}

@@ -25,8 +25,9 @@
 //! - [`output`]: aligned tables, key-value blocks, time formatting, the upload progress line.
 //! - [`paging`]: one page with a hint for the next, or every page with `--all`.
 //! - [`devices`] (with [`import`]), [`groups`], [`auth`] (claims, tokens, whoami), [`audit`],
-//!   [`query`], [`shadow`], [`artifacts`] (artifacts and deployments), [`keys`] (offline TUF
-//!   keys), [`health`] (heartbeat statistics per firmware version): the commands.
+//!   [`query`], [`shadow`], [`artifacts`] (artifacts and deployments), [`rollouts`] (staged
+//!   rollouts, their gates and decision log), [`keys`] (offline TUF keys), [`health`] (heartbeat
+//!   statistics per firmware version): the commands.
 
 pub mod artifacts;
 pub mod audit;
@@ -40,6 +41,7 @@ pub mod keys;
 pub mod output;
 pub mod paging;
 pub mod query;
+pub mod rollouts;
 pub mod shadow;
 
 use std::fmt;
@@ -113,6 +115,9 @@ pub enum AdminCommand {
     /// Install an artifact on one device and follow its progress.
     #[command(subcommand)]
     Deployments(artifacts::DeploymentsCommand),
+    /// Staged rollouts: a release to a group, query or device list in gated phases.
+    #[command(subcommand)]
+    Rollouts(rollouts::RolloutsCommand),
     /// TUF signing keys kept offline: generate, rotate the root, sign, publish.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -151,6 +156,7 @@ async fn dispatch(options: &ClientOptions, command: AdminCommand) -> Result<(), 
         AdminCommand::Deployments(command) => {
             artifacts::run_deployments(&client, json, command).await
         }
+        AdminCommand::Rollouts(command) => rollouts::run(&client, json, command).await,
         AdminCommand::Keys(_) => unreachable!("handled above"),
     }
 }
