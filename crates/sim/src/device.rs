@@ -706,7 +706,7 @@ impl<'f> Device<'f> {
             device_type: Some(self.spec.device_type.to_string()),
             hw_rev: self.spec.hw_rev.as_ref().map(ToString::to_string),
             security_floor: None,
-            allow_downgrade: false,
+            allow_downgrade: self.fleet.scenario.run.allow_downgrade,
             delta: false,
             firmware: Some(self.spec.firmware.clone()),
             check_interval: self

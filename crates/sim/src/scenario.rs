@@ -97,6 +97,10 @@ pub struct RunSettings {
     /// long-poll per device, so a fleet larger than the process's file-descriptor limit turns it
     /// off and shares a few pooled connections for everything else.
     pub shadow: bool,
+    /// Whether devices accept a version older than the one they run (the agent's
+    /// `allow_downgrade`; default false). A rollout's rollback needs it: it reinstalls the
+    /// previous release.
+    pub allow_downgrade: bool,
 }
 
 /// One `[[fleet]]` cohort: `count` devices of one type whose attributes are drawn from weights.
@@ -428,6 +432,7 @@ struct RawRun {
     seed: Option<u64>,
     transport_mix: Option<f64>,
     shadow: Option<bool>,
+    allow_downgrade: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -687,6 +692,7 @@ impl RawRun {
             seed: self.seed,
             transport_mix,
             shadow: self.shadow.unwrap_or(true),
+            allow_downgrade: self.allow_downgrade.unwrap_or(false),
         })
     }
 }
