@@ -46,7 +46,14 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     );
     println!(
         "{:>9}  {:>10}  {:>13}  {:>10}  {:>14}  {:>13}  {:>16}  {:>10}",
-        "devices", "import s", "create+plan s", "canary s", "idle tick ms", "1k-outcome ms", "dispatch dev/min", "count ms"
+        "devices",
+        "import s",
+        "create+plan s",
+        "canary s",
+        "idle tick ms",
+        "1k-outcome ms",
+        "dispatch dev/min",
+        "count ms"
     );
     for &n in &args.devices {
         let row = one_size(n, &args).await?;
@@ -111,9 +118,10 @@ async fn one_size(n: u64, args: &ScaleArgs) -> anyhow::Result<Row> {
         now_ms: drover_server::now().as_millis(),
         types: ONE_TYPE,
     };
-    let body = reqwest::Body::wrap_stream(futures::stream::iter((0..n).step_by(10_000).map(
-        move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(n))),
-    )));
+    let body =
+        reqwest::Body::wrap_stream(futures::stream::iter((0..n).step_by(10_000).map(
+            move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(n))),
+        )));
     let response = http
         .post(format!("{base}/api/v1/devices/import"))
         .bearer_auth(BENCH_TOKEN)

@@ -62,7 +62,11 @@ pub(crate) fn announce(state: &AppState, devices: Vec<DeviceId>) {
 /// Logs every undelivered alert and posts it to the webhook; an alert the webhook refused stays
 /// undelivered and is tried again next pass.
 async fn deliver_alerts(state: &AppState, http: Option<&reqwest::Client>) {
-    let alerts = match state.store.undelivered_rollout_alerts(ALERTS_PER_PASS).await {
+    let alerts = match state
+        .store
+        .undelivered_rollout_alerts(ALERTS_PER_PASS)
+        .await
+    {
         Ok(alerts) => alerts,
         Err(e) => {
             tracing::warn!(error = %e, "could not read rollout alerts");

@@ -724,7 +724,10 @@ impl Store {
         now: Timestamp,
     ) -> Result<drover_proto::rollouts::RolloutView, StoreError> {
         let actor = actor.clone();
-        with_db!(self, write, |db| ops::rollouts::create(db, &actor, &new, now).await)
+        with_db!(self, write, |db| ops::rollouts::create(
+            db, &actor, &new, now
+        )
+        .await)
     }
 
     /// One rollout.
@@ -741,7 +744,12 @@ impl Store {
         status: Option<String>,
         limit: usize,
     ) -> Result<Vec<drover_proto::rollouts::RolloutView>, StoreError> {
-        with_db!(self, read, |db| ops::rollouts::list(db, status.as_deref(), limit).await)
+        with_db!(self, read, |db| ops::rollouts::list(
+            db,
+            status.as_deref(),
+            limit
+        )
+        .await)
     }
 
     /// A rollout's decision log.
@@ -802,7 +810,14 @@ impl Store {
         id: drover_proto::rollouts::RolloutId,
         now: Timestamp,
     ) -> Result<Option<TickOutcome>, StoreError> {
-        with_db!(self, write, |db| ops::rollouts::tick(db, id, now, Vec::new(), true).await)
+        with_db!(self, write, |db| ops::rollouts::tick(
+            db,
+            id,
+            now,
+            Vec::new(),
+            true
+        )
+        .await)
     }
 
     /// Alerts waiting for delivery.
@@ -817,12 +832,16 @@ impl Store {
         )>,
         StoreError,
     > {
-        with_db!(self, read, |db| ops::rollouts::undelivered_alerts(db, limit).await)
+        with_db!(self, read, |db| ops::rollouts::undelivered_alerts(
+            db, limit
+        )
+        .await)
     }
 
     /// Marks alerts delivered.
     pub async fn mark_rollout_alerts_delivered(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
-        with_db!(self, write, |db| ops::rollouts::mark_delivered(db, &seqs).await)
+        with_db!(self, write, |db| ops::rollouts::mark_delivered(db, &seqs)
+            .await)
     }
 
     /// One deployment with its history.

@@ -79,7 +79,8 @@ impl CanaryReport {
                     "{} {} ({}{})",
                     m.metric,
                     m.verdict.as_str(),
-                    m.effect.map_or(String::new(), |e| format!("{:+.0}%, ", e * 100.0)),
+                    m.effect
+                        .map_or(String::new(), |e| format!("{:+.0}%, ", e * 100.0)),
                     m.p_value.map_or(m.note.clone(), |p| format!("p={p:.2e}"))
                 )
             })
@@ -123,7 +124,8 @@ pub fn judge(
     let mut metrics = Vec::new();
     for check in &config.metrics {
         let samples = data.metrics.iter().find(|m| m.metric == check.metric);
-        let (canary, baseline) = samples.map_or((&[][..], &[][..]), |s| (&s.canary[..], &s.baseline[..]));
+        let (canary, baseline) =
+            samples.map_or((&[][..], &[][..]), |s| (&s.canary[..], &s.baseline[..]));
         metrics.push(match stats::mann_whitney(canary, baseline, check.bad) {
             Some(mw) => MetricEvidence {
                 metric: check.metric.clone(),
@@ -211,7 +213,11 @@ pub fn judge(
     metrics.push(MetricEvidence {
         metric: "crash_rate".into(),
         test: "rate_sprt".into(),
-        verdict: if crashes.rejects(sequential) { Verdict::Fail } else { Verdict::Pass },
+        verdict: if crashes.rejects(sequential) {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        },
         canary: rate(crashes.canary_events(), crashes.canary_exposure()),
         baseline: rate(crashes.baseline_events(), crashes.baseline_exposure()),
         effect: crashes.rate_ratio().map(|r| r - 1.0),
@@ -229,8 +235,15 @@ pub fn judge(
     metrics.push(MetricEvidence {
         metric: "update_failures".into(),
         test: "bernoulli_sprt".into(),
-        verdict: if failures.rejects(sequential) { Verdict::Fail } else { Verdict::Pass },
-        canary: rate(failures.failures(), (failures.failures() + failures.successes()) as f64),
+        verdict: if failures.rejects(sequential) {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        },
+        canary: rate(
+            failures.failures(),
+            (failures.failures() + failures.successes()) as f64,
+        ),
         baseline: Some(config.acceptable_failure_pct / 100.0),
         effect: None,
         p_value: None,

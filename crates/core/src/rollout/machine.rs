@@ -74,12 +74,18 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "command")]
 pub enum Command {
-    Pause { reason: String },
+    Pause {
+        reason: String,
+    },
     Resume,
-    Abort { reason: String },
+    Abort {
+        reason: String,
+    },
     /// Lets the phase waiting for approval start.
     Approve,
-    Rollback { reason: String },
+    Rollback {
+        reason: String,
+    },
 }
 
 /// What happened since the last step.
@@ -181,7 +187,13 @@ pub struct Counts {
 impl Counts {
     /// Devices whose part in the rollout is over.
     pub fn finished(&self) -> u64 {
-        self.succeeded + self.failed + self.rolled_back + self.timed_out + self.rejected + self.skipped + self.canceled
+        self.succeeded
+            + self.failed
+            + self.rolled_back
+            + self.timed_out
+            + self.rejected
+            + self.skipped
+            + self.canceled
     }
 }
 
@@ -310,7 +322,9 @@ impl Machine {
 
     fn phase_soak(&self, spec: &RolloutSpec) -> Duration {
         match &spec.strategy {
-            Strategy::Phases(phases) => phases.get(self.phase).map_or(Duration::from_millis(0), |p| p.soak),
+            Strategy::Phases(phases) => phases
+                .get(self.phase)
+                .map_or(Duration::from_millis(0), |p| p.soak),
             Strategy::Rate(rate) => rate.canary_soak,
         }
     }
@@ -322,11 +336,22 @@ impl Machine {
         }
     }
 
-    fn apply(&mut self, spec: &RolloutSpec, now: Timestamp, event: Event, actions: &mut Vec<Action>) {
+    fn apply(
+        &mut self,
+        spec: &RolloutSpec,
+        now: Timestamp,
+        event: Event,
+        actions: &mut Vec<Action>,
+    ) {
         let counts = &mut self.counts;
         match event {
             Event::TargetSize(total) => counts.target = total,
-            Event::Assigned { new, retried, skipped, queue_empty } => {
+            Event::Assigned {
+                new,
+                retried,
+                skipped,
+                queue_empty,
+            } => {
                 counts.assigned += new + skipped;
                 counts.skipped += skipped;
                 counts.in_flight += new + retried;
@@ -336,7 +361,11 @@ impl Machine {
                     self.rate.tokens = (self.rate.tokens - (new + retried) as f64).max(0.0);
                 }
             }
-            Event::Outcome { device, outcome, attempt } => {
+            Event::Outcome {
+                device,
+                outcome,
+                attempt,
+            } => {
                 counts.in_flight = counts.in_flight.saturating_sub(1);
                 match outcome {
                     Outcome::Succeeded => {
@@ -353,7 +382,10 @@ impl Machine {
                     Outcome::Failed | Outcome::TimedOut => {
                         if attempt < spec.policy.max_attempts && !self.status.is_final() {
                             counts.retry_waiting += 1;
-                            let backoff = spec.policy.retry_backoff.as_millis()
+                            let backoff = spec
+                                .policy
+                                .retry_backoff
+                                .as_millis()
                                 .saturating_mul(1i64 << (attempt.saturating_sub(1)).min(16));
                             actions.push(Action::Retry {
                                 device,
@@ -375,8 +407,14 @@ impl Machine {
                     counts.revert_failed += 1;
                 }
             }
-            Event::Crashes { canary_events, canary_hours, baseline_events, baseline_hours } => {
-                self.crashes.observe(canary_events, canary_hours, baseline_events, baseline_hours);
+            Event::Crashes {
+                canary_events,
+                canary_hours,
+                baseline_events,
+                baseline_hours,
+            } => {
+                self.crashes
+                    .observe(canary_events, canary_hours, baseline_events, baseline_hours);
             }
             Event::Command { actor, command } => self.command(spec, now, actor, command, actions),
             Event::CanaryData(data) => {
@@ -384,14 +422,21 @@ impl Machine {
                 if self.status != Status::Running {
                     return;
                 }
-                let report = canary::judge(spec, self.phase, now, &data, &self.crashes, &self.failures);
+                let report =
+                    canary::judge(spec, self.phase, now, &data, &self.crashes, &self.failures);
                 let evidence = serde_json::to_value(&report).ok();
                 let verdict = report.verdict;
                 let summary = report.summary();
                 self.reports.push(report);
                 match verdict {
                     Verdict::Pass => {
-                        actions.push(Action::Record(self.decision("gate", "orchestrator", format!("phase {} passed its gate: {summary}", self.phase + 1), evidence, false)));
+                        actions.push(Action::Record(self.decision(
+                            "gate",
+                            "orchestrator",
+                            format!("phase {} passed its gate: {summary}", self.phase + 1),
+                            evidence,
+                            false,
+                        )));
                         self.next_phase();
                     }
                     Verdict::Marginal if !self.extended => {
@@ -404,20 +449,33 @@ impl Machine {
                         self.next_phase();
                     }
                     Verdict::Fail => {
-                        self.fail(spec, format!("phase {} failed its canary gate: {summary}", self.phase + 1), evidence, actions);
+                        self.fail(
+                            spec,
+                            format!("phase {} failed its canary gate: {summary}", self.phase + 1),
+                            evidence,
+                            actions,
+                        );
                     }
                 }
             }
         }
     }
 
-    fn command(&mut self, spec: &RolloutSpec, now: Timestamp, actor: String, command: Command, actions: &mut Vec<Action>) {
-        let _ = now;
+    fn command(
+        &mut self,
+        spec: &RolloutSpec,
+        now: Timestamp,
+        actor: String,
+        command: Command,
+        actions: &mut Vec<Action>,
+    ) {
         match command {
             Command::Pause { reason } if self.status == Status::Running => {
                 self.status = Status::Paused;
                 self.reason = Some(format!("paused by {actor}: {reason}"));
-                actions.push(Action::Record(self.decision("paused", &actor, reason, None, true)));
+                actions.push(Action::Record(
+                    self.decision("paused", &actor, reason, None, true),
+                ));
             }
             Command::Resume if self.status == Status::Paused => {
                 self.status = Status::Running;
@@ -425,30 +483,54 @@ impl Machine {
                 // The operator overrides whatever paused the rollout: evidence starts afresh.
                 let canary = &spec.gates.canary;
                 if self.crashes.rejects(sequential_alpha(spec)) {
-                    self.crashes = RateSprt::new(canary.crash_ratio).unwrap_or_else(|_| self.crashes.clone());
+                    self.crashes =
+                        RateSprt::new(canary.crash_ratio).unwrap_or_else(|_| self.crashes.clone());
                 }
                 if self.failures.rejects(sequential_alpha(spec)) {
-                    self.failures = BernoulliSprt::new(canary.acceptable_failure_pct / 100.0, canary.bad_failure_pct / 100.0)
-                        .unwrap_or_else(|_| self.failures.clone());
+                    self.failures = BernoulliSprt::new(
+                        canary.acceptable_failure_pct / 100.0,
+                        canary.bad_failure_pct / 100.0,
+                    )
+                    .unwrap_or_else(|_| self.failures.clone());
                 }
                 self.soak_started_at = self.soak_started_at.map(|_| now);
-                actions.push(Action::Record(self.decision("resumed", &actor, "resumed".into(), None, true)));
+                actions.push(Action::Record(self.decision(
+                    "resumed",
+                    &actor,
+                    "resumed".into(),
+                    None,
+                    true,
+                )));
             }
             Command::Approve if !self.status.is_final() => {
                 self.approved_phase = Some(self.phase);
-                actions.push(Action::Record(self.decision("approved", &actor, format!("phase {} approved", self.phase + 1), None, false)));
+                actions.push(Action::Record(self.decision(
+                    "approved",
+                    &actor,
+                    format!("phase {} approved", self.phase + 1),
+                    None,
+                    false,
+                )));
             }
             Command::Abort { reason } if !self.status.is_final() => {
                 self.status = Status::Aborted;
                 self.reason = Some(format!("aborted by {actor}: {reason}"));
                 actions.push(Action::CancelUnfinished);
-                actions.push(Action::Record(self.decision("aborted", &actor, reason, None, true)));
+                actions.push(Action::Record(
+                    self.decision("aborted", &actor, reason, None, true),
+                ));
             }
             Command::Rollback { reason } if !self.status.is_final() => {
                 self.status = Status::RolledBack;
                 self.reason = Some(format!("rolled back by {actor}: {reason}"));
                 actions.push(Action::RollBack);
-                actions.push(Action::Record(self.decision("rolled_back", &actor, reason, None, true)));
+                actions.push(Action::Record(self.decision(
+                    "rolled_back",
+                    &actor,
+                    reason,
+                    None,
+                    true,
+                )));
             }
             // Commands that do not apply in the current status are refused before they get here
             // (see `Machine::check_command`); ignore any that slip through.
@@ -460,27 +542,52 @@ impl Machine {
     pub fn check_command(&self, spec: &RolloutSpec, command: &Command) -> Result<(), String> {
         let status = self.status.as_str();
         match command {
-            Command::Pause { .. } if self.status != Status::Running => Err(format!("the rollout is {status}; only a running rollout can be paused")),
-            Command::Resume if self.status != Status::Paused => Err(format!("the rollout is {status}; only a paused rollout can be resumed")),
-            Command::Approve if self.status.is_final() => Err(format!("the rollout is {status}")),
-            Command::Approve if !(self.needs_approval(spec) && self.phase_started_at.is_none()) => Err(format!(
-                "phase {} does not wait for approval", self.phase + 1
+            Command::Pause { .. } if self.status != Status::Running => Err(format!(
+                "the rollout is {status}; only a running rollout can be paused"
             )),
-            Command::Abort { .. } | Command::Rollback { .. } if self.status.is_final() => Err(format!("the rollout is already {status}")),
+            Command::Resume if self.status != Status::Paused => Err(format!(
+                "the rollout is {status}; only a paused rollout can be resumed"
+            )),
+            Command::Approve if self.status.is_final() => Err(format!("the rollout is {status}")),
+            Command::Approve if !(self.needs_approval(spec) && self.phase_started_at.is_none()) => {
+                Err(format!(
+                    "phase {} does not wait for approval",
+                    self.phase + 1
+                ))
+            }
+            Command::Abort { .. } | Command::Rollback { .. } if self.status.is_final() => {
+                Err(format!("the rollout is already {status}"))
+            }
             _ => Ok(()),
         }
     }
 
-    fn advance(&mut self, spec: &RolloutSpec, now: Timestamp, may_dispatch: bool, actions: &mut Vec<Action>) {
+    fn advance(
+        &mut self,
+        spec: &RolloutSpec,
+        now: Timestamp,
+        may_dispatch: bool,
+        actions: &mut Vec<Action>,
+    ) {
         if self.status == Status::Completed && spec.dynamic {
             // Late joiners of a dynamic target still get the release, without gates.
             let room = self.parallel_room(spec);
-            let new = self.counts.target.saturating_sub(self.counts.assigned).min(room);
+            let new = self
+                .counts
+                .target
+                .saturating_sub(self.counts.assigned)
+                .min(room);
             if !may_dispatch {
             } else if new > 0 && !self.queue_empty {
-                actions.push(Action::Dispatch { new, retries: self.counts.retry_waiting.min(room) });
+                actions.push(Action::Dispatch {
+                    new,
+                    retries: self.counts.retry_waiting.min(room),
+                });
             } else if self.counts.retry_waiting > 0 && room > 0 {
-                actions.push(Action::Dispatch { new: 0, retries: self.counts.retry_waiting.min(room) });
+                actions.push(Action::Dispatch {
+                    new: 0,
+                    retries: self.counts.retry_waiting.min(room),
+                });
             }
             return;
         }
@@ -495,14 +602,40 @@ impl Machine {
             if self.needs_approval(spec) && self.approved_phase != Some(self.phase) {
                 if !self.announced_wait {
                     self.announced_wait = true;
-                    actions.push(Action::Record(self.decision("waiting_approval", "orchestrator", format!("phase {} ({}%) waits for an operator's approval", self.phase + 1, self.phase_percent(spec)), None, true)));
+                    actions.push(Action::Record(self.decision(
+                        "waiting_approval",
+                        "orchestrator",
+                        format!(
+                            "phase {} ({}%) waits for an operator's approval",
+                            self.phase + 1,
+                            self.phase_percent(spec)
+                        ),
+                        None,
+                        true,
+                    )));
                 }
                 return;
             }
             self.phase_started_at = Some(now);
             self.queue_empty = false;
-            let message = format!("phase {} of {} started: up to {} of {} devices", self.phase + 1, spec.n_phases(), self.phase_quota(spec), self.counts.target);
-            actions.push(Action::Record(self.decision(if self.phase == 0 { "started" } else { "phase_started" }, "orchestrator", message, None, false)));
+            let message = format!(
+                "phase {} of {} started: up to {} of {} devices",
+                self.phase + 1,
+                spec.n_phases(),
+                self.phase_quota(spec),
+                self.counts.target
+            );
+            actions.push(Action::Record(self.decision(
+                if self.phase == 0 {
+                    "started"
+                } else {
+                    "phase_started"
+                },
+                "orchestrator",
+                message,
+                None,
+                false,
+            )));
         }
         let quota = self.phase_quota(spec);
         let mut room = self.parallel_room(spec);
@@ -512,7 +645,11 @@ impl Machine {
                 room = 0;
             }
         }
-        let mut new = if self.queue_empty { 0 } else { quota.saturating_sub(self.counts.assigned).min(room) };
+        let mut new = if self.queue_empty {
+            0
+        } else {
+            quota.saturating_sub(self.counts.assigned).min(room)
+        };
         if let Strategy::Rate(rate) = &spec.strategy {
             if self.phase == spec.n_phases() - 1 {
                 self.refill(rate, now);
@@ -526,12 +663,14 @@ impl Machine {
         if may_dispatch && (new > 0 || retries > 0) {
             actions.push(Action::Dispatch { new, retries });
         }
-        let all_offered = (self.counts.assigned >= quota || self.queue_empty) && new == 0 && may_dispatch;
+        let all_offered =
+            (self.counts.assigned >= quota || self.queue_empty) && new == 0 && may_dispatch;
         let everyone_done = self.counts.in_flight == 0 && self.counts.retry_waiting == 0;
         // Before the last phase, enough finished devices start the soak; the last phase completes
         // only when every device finished.
         let enough_done = {
-            let needed = ((self.counts.assigned as f64) * spec.advance_at_pct / 100.0).ceil() as u64;
+            let needed =
+                ((self.counts.assigned as f64) * spec.advance_at_pct / 100.0).ceil() as u64;
             self.counts.finished() >= needed
         };
         let settled = all_offered && (everyone_done || (!self.is_last_phase(spec) && enough_done));
@@ -545,7 +684,13 @@ impl Machine {
                 "completed: {} succeeded, {} failed, {} rolled back, {} timed out, {} rejected, {} skipped of {}",
                 c.succeeded, c.failed, c.rolled_back, c.timed_out, c.rejected, c.skipped, c.target
             );
-            actions.push(Action::Record(self.decision("completed", "orchestrator", message, None, true)));
+            actions.push(Action::Record(self.decision(
+                "completed",
+                "orchestrator",
+                message,
+                None,
+                true,
+            )));
             return;
         }
         let soak_started = match self.soak_started_at {
@@ -553,11 +698,21 @@ impl Machine {
             None => {
                 self.soak_started_at = Some(now);
                 let until = now.saturating_add(self.phase_soak(spec));
-                actions.push(Action::Record(self.decision("soaking", "orchestrator", format!("phase {} dispatched; soaking until {until}", self.phase + 1), None, false)));
+                actions.push(Action::Record(self.decision(
+                    "soaking",
+                    "orchestrator",
+                    format!("phase {} dispatched; soaking until {until}", self.phase + 1),
+                    None,
+                    false,
+                )));
                 now
             }
         };
-        if now.as_millis() < soak_started.saturating_add(self.phase_soak(spec)).as_millis() {
+        if now.as_millis()
+            < soak_started
+                .saturating_add(self.phase_soak(spec))
+                .as_millis()
+        {
             return;
         }
         if spec.gates.canary.enabled {
@@ -569,7 +724,13 @@ impl Machine {
                 });
             }
         } else {
-            actions.push(Action::Record(self.decision("gate", "orchestrator", format!("phase {} soaked; thresholds held", self.phase + 1), None, false)));
+            actions.push(Action::Record(self.decision(
+                "gate",
+                "orchestrator",
+                format!("phase {} soaked; thresholds held", self.phase + 1),
+                None,
+                false,
+            )));
             self.next_phase();
             self.advance(spec, now, may_dispatch, actions);
         }
@@ -626,18 +787,36 @@ impl Machine {
         None
     }
 
-    fn fail(&mut self, spec: &RolloutSpec, reason: String, evidence: Option<serde_json::Value>, actions: &mut Vec<Action>) {
+    fn fail(
+        &mut self,
+        spec: &RolloutSpec,
+        reason: String,
+        evidence: Option<serde_json::Value>,
+        actions: &mut Vec<Action>,
+    ) {
         match spec.on_failure {
             FailureAction::Pause => {
                 self.status = Status::Paused;
                 self.reason = Some(reason.clone());
-                actions.push(Action::Record(self.decision("paused", "orchestrator", reason, evidence, true)));
+                actions.push(Action::Record(self.decision(
+                    "paused",
+                    "orchestrator",
+                    reason,
+                    evidence,
+                    true,
+                )));
             }
             FailureAction::Rollback => {
                 self.status = Status::RolledBack;
                 self.reason = Some(reason.clone());
                 actions.push(Action::RollBack);
-                actions.push(Action::Record(self.decision("rolled_back", "orchestrator", reason, evidence, true)));
+                actions.push(Action::Record(self.decision(
+                    "rolled_back",
+                    "orchestrator",
+                    reason,
+                    evidence,
+                    true,
+                )));
             }
         }
     }
@@ -663,14 +842,25 @@ impl Machine {
         let state = &mut self.rate;
         while state.successes_since_raise >= u64::from(rate.raise_after) {
             state.successes_since_raise -= u64::from(rate.raise_after);
-            state.per_minute = (state.per_minute * rate.increment_factor).min(f64::from(rate.max_per_minute));
+            state.per_minute =
+                (state.per_minute * rate.increment_factor).min(f64::from(rate.max_per_minute));
         }
-        let elapsed_min = state.refilled_at.map_or(1.0, |at| (now.as_millis() - at.as_millis()).max(0) as f64 / 60_000.0);
-        state.tokens = (state.tokens + elapsed_min * state.per_minute).min(state.per_minute.max(1.0));
+        let elapsed_min = state.refilled_at.map_or(1.0, |at| {
+            (now.as_millis() - at.as_millis()).max(0) as f64 / 60_000.0
+        });
+        state.tokens =
+            (state.tokens + elapsed_min * state.per_minute).min(state.per_minute.max(1.0));
         state.refilled_at = Some(now);
     }
 
-    fn decision(&self, kind: &str, actor: &str, message: String, evidence: Option<serde_json::Value>, alert: bool) -> Decision {
+    fn decision(
+        &self,
+        kind: &str,
+        actor: &str,
+        message: String,
+        evidence: Option<serde_json::Value>,
+        alert: bool,
+    ) -> Decision {
         Decision {
             kind: kind.to_owned(),
             actor: actor.to_owned(),
@@ -727,11 +917,17 @@ mod tests {
         /// One tick: finish last tick's updates, step, carry out the actions.
         fn tick(&mut self, mut events: Vec<Event>) {
             for (device, attempt) in std::mem::take(&mut self.updating) {
-                events.push(Event::Outcome { device, outcome: (self.outcome)(device, attempt), attempt });
+                events.push(Event::Outcome {
+                    device,
+                    outcome: (self.outcome)(device, attempt),
+                    attempt,
+                });
             }
             let mut pending = events;
             loop {
-                let actions = self.machine.step(&self.spec, self.now, std::mem::take(&mut pending));
+                let actions = self
+                    .machine
+                    .step(&self.spec, self.now, std::mem::take(&mut pending));
                 for action in actions {
                     match action {
                         Action::Dispatch { new, retries } => {
@@ -743,7 +939,8 @@ mod tests {
                             }
                             let mut retried = 0;
                             let now = self.now;
-                            let (due, later): (Vec<_>, Vec<_>) = self.retries.drain(..).partition(|r| r.2 <= now);
+                            let (due, later): (Vec<_>, Vec<_>) =
+                                self.retries.drain(..).partition(|r| r.2 <= now);
                             self.retries = later;
                             for (device, attempt, at) in due {
                                 if retried < retries {
@@ -753,16 +950,27 @@ mod tests {
                                     self.retries.push((device, attempt, at));
                                 }
                             }
-                            pending.push(Event::Assigned { new: n as u64, retried, skipped: 0, queue_empty: n < new as i64 });
+                            pending.push(Event::Assigned {
+                                new: n as u64,
+                                retried,
+                                skipped: 0,
+                                queue_empty: n < new as i64,
+                            });
                         }
-                        Action::Retry { device, attempt, at } => self.retries.push((device, attempt, at)),
+                        Action::Retry {
+                            device,
+                            attempt,
+                            at,
+                        } => self.retries.push((device, attempt, at)),
                         Action::Analyze { .. } => {
                             let on_release = self.machine.counts.succeeded as usize;
                             let noise = |i: usize| 100.0 + ((i * 7919) % 13) as f64;
                             pending.push(Event::CanaryData(CanaryData {
                                 metrics: vec![MetricSamples {
                                     metric: "battery_ma".into(),
-                                    canary: (0..on_release).map(|i| noise(i) * self.battery_on_release / 100.0).collect(),
+                                    canary: (0..on_release)
+                                        .map(|i| noise(i) * self.battery_on_release / 100.0)
+                                        .collect(),
                                     baseline: (0..200).map(|i| noise(i + 3)).collect(),
                                 }],
                                 canary_devices: on_release as u64,
@@ -783,7 +991,10 @@ mod tests {
             }
             // Whatever is stored must come back identical: a restart resumes exactly here.
             let stored = serde_json::to_string(&self.machine).unwrap();
-            assert_eq!(serde_json::from_str::<Machine>(&stored).unwrap(), self.machine);
+            assert_eq!(
+                serde_json::from_str::<Machine>(&stored).unwrap(),
+                self.machine
+            );
             self.now = self.now.saturating_add(Duration::from_millis(MIN));
         }
 
@@ -803,7 +1014,11 @@ mod tests {
             strategy: Strategy::Phases(
                 percents
                     .iter()
-                    .map(|&percent| Phase { percent, soak: Duration::from_millis(soak_min * MIN), approval: false })
+                    .map(|&percent| Phase {
+                        percent,
+                        soak: Duration::from_millis(soak_min * MIN),
+                        approval: false,
+                    })
                     .collect(),
             ),
             ..RolloutSpec::default()
@@ -812,33 +1027,52 @@ mod tests {
 
     #[test]
     fn a_good_release_passes_every_gate_and_completes() {
-        let mut world = World::new(phased(&[1.0, 5.0, 25.0, 100.0], 10), 10_000, |_, _| Outcome::Succeeded);
+        let mut world = World::new(phased(&[1.0, 5.0, 25.0, 100.0], 10), 10_000, |_, _| {
+            Outcome::Succeeded
+        });
         world.run(60);
         assert_eq!(world.machine.status, Status::Completed, "{:?}", world.log);
         assert_eq!(world.machine.counts.succeeded, 10_000);
         assert_eq!(world.machine.reports.len(), 3);
-        assert!(world.machine.reports.iter().all(|r| r.verdict == Verdict::Pass));
+        assert!(world
+            .machine
+            .reports
+            .iter()
+            .all(|r| r.verdict == Verdict::Pass));
         assert_eq!(world.kinds().iter().filter(|k| **k == "gate").count(), 3);
         assert_eq!(*world.kinds().last().unwrap(), "completed");
     }
 
     #[test]
     fn rollout_pauses_at_the_canary_when_battery_current_rises_twentyfold() {
-        let mut world = World::new(phased(&[1.0, 5.0, 25.0, 100.0], 10), 10_000, |_, _| Outcome::Succeeded);
+        let mut world = World::new(phased(&[1.0, 5.0, 25.0, 100.0], 10), 10_000, |_, _| {
+            Outcome::Succeeded
+        });
         world.battery_on_release = 2000.0;
         world.run(30);
         assert_eq!(world.machine.status, Status::Paused);
         assert_eq!(world.machine.phase, 0);
-        assert_eq!(world.machine.counts.assigned, 100, "only the 1% canary got it");
+        assert_eq!(
+            world.machine.counts.assigned, 100,
+            "only the 1% canary got it"
+        );
         let report = world.machine.reports.last().unwrap();
         assert_eq!(report.verdict, Verdict::Fail);
-        let battery = report.metrics.iter().find(|m| m.metric == "battery_ma").unwrap();
+        let battery = report
+            .metrics
+            .iter()
+            .find(|m| m.metric == "battery_ma")
+            .unwrap();
         assert_eq!(battery.verdict, Verdict::Fail);
         assert!(battery.effect.unwrap() > 10.0);
         let paused = world.log.last().unwrap();
         assert_eq!(paused.kind, "paused");
         assert!(paused.alert && paused.evidence.is_some());
-        assert!(paused.message.contains("battery_ma fail"), "{}", paused.message);
+        assert!(
+            paused.message.contains("battery_ma fail"),
+            "{}",
+            paused.message
+        );
     }
 
     #[test]
@@ -860,25 +1094,49 @@ mod tests {
     fn boot_failures_stop_the_rollout_by_the_sequential_test() {
         // Every 10th device fails to boot (10%).
         let mut world = World::new(phased(&[1.0, 5.0, 25.0, 100.0], 10), 10_000, |d, _| {
-            if d % 10 == 3 { Outcome::RolledBack } else { Outcome::Succeeded }
+            if d % 10 == 3 {
+                Outcome::RolledBack
+            } else {
+                Outcome::Succeeded
+            }
         });
         world.spec.gates.thresholds.max_rollback_pct = 100.0;
         world.run(60);
         assert_eq!(world.machine.status, Status::Paused, "{:?}", world.kinds());
-        assert!(world.machine.reason.as_deref().unwrap().contains("failed to boot or rolled back"));
+        assert!(world
+            .machine
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("failed to boot or rolled back"));
         assert!(world.machine.counts.assigned <= 500);
     }
 
     #[test]
     fn thresholds_pause_once_enough_devices_finished() {
         let mut world = World::new(phased(&[100.0], 0), 100, |d, _| {
-            if d % 4 == 0 { Outcome::Rejected } else if d % 4 == 1 { Outcome::Failed } else { Outcome::Succeeded }
+            if d % 4 == 0 {
+                Outcome::Rejected
+            } else if d % 4 == 1 {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            }
         });
         world.spec.policy.max_attempts = 1;
         world.spec.gates.canary.enabled = false;
         world.run(5);
         assert_eq!(world.machine.status, Status::Paused);
-        assert!(world.machine.reason.as_deref().unwrap().contains("failure rate"), "{:?}", world.machine.reason);
+        assert!(
+            world
+                .machine
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("failure rate"),
+            "{:?}",
+            world.machine.reason
+        );
     }
 
     #[test]
@@ -897,7 +1155,12 @@ mod tests {
         assert_eq!(world.machine.counts.retry_waiting, 1);
         assert_eq!(world.machine.status, Status::Running);
         world.run(10);
-        assert_eq!(world.machine.status, Status::Completed, "{:?}", world.kinds());
+        assert_eq!(
+            world.machine.status,
+            Status::Completed,
+            "{:?}",
+            world.kinds()
+        );
         let c = &world.machine.counts;
         assert_eq!((c.succeeded, c.rejected, c.failed), (2, 1, 0));
     }
@@ -919,13 +1182,26 @@ mod tests {
             phases[1].approval = true;
         }
         let mut world = World::new(spec, 100, |_, _| Outcome::Succeeded);
-        assert!(world.machine.check_command(&world.spec, &Command::Approve).is_err());
+        assert!(world
+            .machine
+            .check_command(&world.spec, &Command::Approve)
+            .is_err());
         world.run(15);
         assert_eq!(world.machine.counts.assigned, 10);
         assert_eq!(world.kinds().last(), Some(&"waiting_approval"));
-        assert!(world.machine.check_command(&world.spec, &Command::Resume).unwrap_err().contains("only a paused rollout"));
-        world.machine.check_command(&world.spec, &Command::Approve).unwrap();
-        world.tick(vec![Event::Command { actor: "ops".into(), command: Command::Approve }]);
+        assert!(world
+            .machine
+            .check_command(&world.spec, &Command::Resume)
+            .unwrap_err()
+            .contains("only a paused rollout"));
+        world
+            .machine
+            .check_command(&world.spec, &Command::Approve)
+            .unwrap();
+        world.tick(vec![Event::Command {
+            actor: "ops".into(),
+            command: Command::Approve,
+        }]);
         world.run(5);
         assert_eq!(world.machine.status, Status::Completed);
     }
@@ -934,16 +1210,36 @@ mod tests {
     fn pause_resume_and_abort_follow_operator_commands() {
         let mut world = World::new(phased(&[50.0, 100.0], 5), 100, |_, _| Outcome::Succeeded);
         world.tick(vec![]);
-        world.tick(vec![Event::Command { actor: "ops".into(), command: Command::Pause { reason: "checking logs".into() } }]);
+        world.tick(vec![Event::Command {
+            actor: "ops".into(),
+            command: Command::Pause {
+                reason: "checking logs".into(),
+            },
+        }]);
         let assigned = world.machine.counts.assigned;
         world.run(10);
         assert_eq!(world.machine.status, Status::Paused);
         assert_eq!(world.machine.counts.assigned, assigned);
-        world.tick(vec![Event::Command { actor: "ops".into(), command: Command::Resume }]);
-        world.tick(vec![Event::Command { actor: "ops".into(), command: Command::Abort { reason: "wrong build".into() } }]);
+        world.tick(vec![Event::Command {
+            actor: "ops".into(),
+            command: Command::Resume,
+        }]);
+        world.tick(vec![Event::Command {
+            actor: "ops".into(),
+            command: Command::Abort {
+                reason: "wrong build".into(),
+            },
+        }]);
         assert_eq!(world.machine.status, Status::Aborted);
-        assert!(world.machine.check_command(&world.spec, &Command::Resume).is_err());
-        let kinds: Vec<&str> = world.kinds().into_iter().filter(|k| ["paused", "resumed", "aborted"].contains(k)).collect();
+        assert!(world
+            .machine
+            .check_command(&world.spec, &Command::Resume)
+            .is_err());
+        let kinds: Vec<&str> = world
+            .kinds()
+            .into_iter()
+            .filter(|k| ["paused", "resumed", "aborted"].contains(k))
+            .collect();
         assert_eq!(kinds, ["paused", "resumed", "aborted"]);
     }
 
@@ -968,9 +1264,19 @@ mod tests {
             per_tick.push(world.machine.counts.assigned - before);
         }
         assert_eq!(per_tick[0], 10);
-        let ramp: Vec<u64> = per_tick.iter().copied().take_while(|&n| n == 5000 || n < 5000 && per_tick.iter().all(|_| true)).collect();
-        let peak = per_tick.iter().position(|&n| n == 5000).expect("the rate reaches its maximum");
-        assert!(ramp[..=peak].windows(2).all(|w| w[1] >= w[0]), "{per_tick:?}");
+        let ramp: Vec<u64> = per_tick
+            .iter()
+            .copied()
+            .take_while(|&n| n == 5000 || n < 5000 && per_tick.iter().all(|_| true))
+            .collect();
+        let peak = per_tick
+            .iter()
+            .position(|&n| n == 5000)
+            .expect("the rate reaches its maximum");
+        assert!(
+            ramp[..=peak].windows(2).all(|w| w[1] >= w[0]),
+            "{per_tick:?}"
+        );
         assert!(per_tick[..peak].iter().all(|&n| n < 5000), "{per_tick:?}");
         world.run(10);
         assert_eq!(world.machine.status, Status::Completed);
@@ -981,7 +1287,12 @@ mod tests {
         let mut spec = phased(&[100.0], 0);
         // Every hour from minute 0 to 9 (UTC); the world starts at 1e9 ms = 13:46:40Z.
         spec.window = Some(
-            crate::rollout::window::MaintenanceWindow::parse("0 * * * *", Duration::from_millis(10 * MIN), "UTC").unwrap(),
+            crate::rollout::window::MaintenanceWindow::parse(
+                "0 * * * *",
+                Duration::from_millis(10 * MIN),
+                "UTC",
+            )
+            .unwrap(),
         );
         spec.max_parallel = 1;
         let mut world = World::new(spec, 100, |_, _| Outcome::Succeeded);
@@ -999,7 +1310,13 @@ mod tests {
         spec.gates.canary.enabled = false;
         spec.gates.thresholds.max_timeout_pct = 100.0;
         spec.policy.retry_backoff = Duration::from_millis(60 * MIN);
-        let mut world = World::new(spec, 40, |d, _| if d == 3 { Outcome::TimedOut } else { Outcome::Succeeded });
+        let mut world = World::new(spec, 40, |d, _| {
+            if d == 3 {
+                Outcome::TimedOut
+            } else {
+                Outcome::Succeeded
+            }
+        });
         world.run(8);
         assert_eq!(world.machine.phase, 1, "{:?}", world.kinds());
         assert!(world.machine.counts.retry_waiting == 1);

@@ -306,12 +306,18 @@ impl RolloutSpec {
         }
         let thresholds = &self.gates.thresholds;
         for (name, value) in [
-            ("gates.thresholds.max_failure_pct", thresholds.max_failure_pct),
+            (
+                "gates.thresholds.max_failure_pct",
+                thresholds.max_failure_pct,
+            ),
             (
                 "gates.thresholds.max_rollback_pct",
                 thresholds.max_rollback_pct,
             ),
-            ("gates.thresholds.max_timeout_pct", thresholds.max_timeout_pct),
+            (
+                "gates.thresholds.max_timeout_pct",
+                thresholds.max_timeout_pct,
+            ),
         ] {
             if !(0.0..=100.0).contains(&value) {
                 bad(format!("{name} is {value}; use a percentage from 0 to 100"))?;
@@ -356,10 +362,7 @@ impl RolloutSpec {
         let mut seen = std::collections::HashSet::new();
         for check in &canary.metrics {
             if !seen.insert(&check.metric) {
-                bad(format!(
-                    "gates.canary.metrics lists {} twice",
-                    check.metric
-                ))?;
+                bad(format!("gates.canary.metrics lists {} twice", check.metric))?;
             }
         }
         Ok(())
@@ -385,7 +388,10 @@ fn validate_phases(phases: &[Phase], gated: bool) -> Result<(), SpecError> {
         bad("strategy.phases is empty; list at least one phase (e.g. 100%)")?;
     }
     if phases.len() > 20 {
-        bad(format!("strategy.phases has {} phases; at most 20", phases.len()))?;
+        bad(format!(
+            "strategy.phases has {} phases; at most 20",
+            phases.len()
+        ))?;
     }
     let mut previous = 0.0;
     for (idx, phase) in phases.iter().enumerate() {
@@ -472,12 +478,27 @@ mod tests {
     fn invalid_strategies_are_refused_with_the_field_named() {
         let cases: &[(RolloutSpec, &str)] = &[
             (phases(&[]), "strategy.phases is empty"),
-            (phases(&[(5.0, 60), (1.0, 60), (100.0, 0)]), "strategy.phases[1].percent is 1"),
+            (
+                phases(&[(5.0, 60), (1.0, 60), (100.0, 0)]),
+                "strategy.phases[1].percent is 1",
+            ),
             (phases(&[(5.0, 60), (5.0, 60), (100.0, 0)]), "must increase"),
-            (phases(&[(0.0, 60), (100.0, 0)]), "strategy.phases[0].percent is 0"),
-            (phases(&[(1.0, 60), (150.0, 0)]), "strategy.phases[1].percent is 150"),
-            (phases(&[(1.0, 0), (100.0, 0)]), "strategy.phases[0].soak is zero"),
-            (phases(&[(1.0, 60), (50.0, 60)]), "the last phase reaches 50%"),
+            (
+                phases(&[(0.0, 60), (100.0, 0)]),
+                "strategy.phases[0].percent is 0",
+            ),
+            (
+                phases(&[(1.0, 60), (150.0, 0)]),
+                "strategy.phases[1].percent is 150",
+            ),
+            (
+                phases(&[(1.0, 0), (100.0, 0)]),
+                "strategy.phases[0].soak is zero",
+            ),
+            (
+                phases(&[(1.0, 60), (50.0, 60)]),
+                "the last phase reaches 50%",
+            ),
         ];
         for (spec, expected) in cases {
             let error = spec.validate().unwrap_err().to_string();

@@ -241,7 +241,9 @@ fn reason(body: &[u8], default: &str) -> Result<String, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     if request.reason.as_ref().is_some_and(|r| r.len() > 1000) {
-        return Err(ApiError::bad_request("reason is longer than 1000 characters"));
+        return Err(ApiError::bad_request(
+            "reason is longer than 1000 characters",
+        ));
     }
     Ok(request
         .reason
@@ -255,5 +257,7 @@ fn rollout_id(text: &str) -> Result<RolloutId, ApiError> {
         .ok()
         .filter(|id| *id > 0)
         .map(RolloutId)
-        .ok_or_else(|| ApiError::bad_request(format!("rollout id {text:?} is not a positive number")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("rollout id {text:?} is not a positive number"))
+        })
 }

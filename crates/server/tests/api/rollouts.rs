@@ -40,27 +40,61 @@ impl Fleet {
     async fn round(&mut self, app: &TestApp, battery: impl Fn(&str, usize) -> f64) {
         for (idx, (_, credential, firmware)) in self.devices.iter_mut().enumerate() {
             let (status, ack) = app
-                .send(Method::POST, "/api/device/v1/heartbeat", Some(credential), Some(json!({
-                    "firmware": firmware.clone(),
-                    "metrics": {"battery_ma": battery(firmware, idx), "crashes": 0}
-                })))
+                .send(
+                    Method::POST,
+                    "/api/device/v1/heartbeat",
+                    Some(credential),
+                    Some(json!({
+                        "firmware": firmware.clone(),
+                        "metrics": {"battery_ma": battery(firmware, idx), "crashes": 0}
+                    })),
+                )
                 .await;
             assert_eq!(status, StatusCode::OK, "{ack}");
             let (status, offer) = app
-                .send(Method::GET, "/api/device/v1/deployments/next", Some(credential), None)
+                .send(
+                    Method::GET,
+                    "/api/device/v1/deployments/next",
+                    Some(credential),
+                    None,
+                )
                 .await;
             if status != StatusCode::OK {
                 continue;
             }
             let id = offer["deployment"].as_i64().unwrap();
-            let version = offer["image"]["target"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
+            let version = offer["image"]["target"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .nth(1)
+                .unwrap()
+                .to_owned();
             let path = format!("/api/device/v1/deployments/{id}/status");
-            for state in ["downloading", "downloaded", "installing", "rebooting", "verifying"] {
-                let (status, body) = app.send(Method::POST, &path, Some(credential), Some(json!({"state": state}))).await;
+            for state in [
+                "downloading",
+                "downloaded",
+                "installing",
+                "rebooting",
+                "verifying",
+            ] {
+                let (status, body) = app
+                    .send(
+                        Method::POST,
+                        &path,
+                        Some(credential),
+                        Some(json!({"state": state})),
+                    )
+                    .await;
                 assert_eq!(status, StatusCode::OK, "{state}: {body}");
             }
             let (status, body) = app
-                .send(Method::POST, &path, Some(credential), Some(json!({"state": "succeeded", "firmware": version})))
+                .send(
+                    Method::POST,
+                    &path,
+                    Some(credential),
+                    Some(json!({"state": "succeeded", "firmware": version})),
+                )
                 .await;
             assert_eq!(status, StatusCode::OK, "{body}");
             *firmware = version;
@@ -91,7 +125,10 @@ async fn decisions(app: &TestApp, id: i64) -> Vec<Value> {
 }
 
 fn kinds(decisions: &[Value]) -> Vec<String> {
-    decisions.iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect()
+    decisions
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn normal(_: &str, idx: usize) -> f64 {
@@ -99,7 +136,14 @@ fn normal(_: &str, idx: usize) -> f64 {
 }
 
 /// Runs rounds until `done` holds for the rollout or `rounds` run out.
-async fn drive(app: &TestApp, fleet: &mut Fleet, id: i64, rounds: usize, battery: impl Fn(&str, usize) -> f64 + Copy, done: impl Fn(&Value) -> bool) -> Value {
+async fn drive(
+    app: &TestApp,
+    fleet: &mut Fleet,
+    id: i64,
+    rounds: usize,
+    battery: impl Fn(&str, usize) -> f64 + Copy,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     for _ in 0..rounds {
         fleet.round(app, battery).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -329,15 +373,23 @@ async fn restart_mid_rollout(backend: Backend) {
         "strategy": {"phases": [{"percent": 10, "soak": "1s"}, {"percent": 50, "soak": "1s"}, {"percent": 100}]},
         "max_parallel": 4, "gates": {"canary": {"baseline_devices": 5}}})).await;
     let id = created["id"].as_i64().unwrap();
-    drive(&app, &mut fleet, id, 100, normal, |v| v["counts"]["succeeded"].as_u64().unwrap() >= 8).await;
+    drive(&app, &mut fleet, id, 100, normal, |v| {
+        v["counts"]["succeeded"].as_u64().unwrap() >= 8
+    })
+    .await;
     app.restart().await;
-    let view = drive(&app, &mut fleet, id, 300, normal, |v| v["status"] == "completed").await;
+    let view = drive(&app, &mut fleet, id, 300, normal, |v| {
+        v["status"] == "completed"
+    })
+    .await;
     assert_eq!(view["counts"]["succeeded"], 30, "{view}");
     assert_eq!(view["counts"]["assigned"], 30, "{view}");
     // Exactly one deployment per device.
     let mut per_device: HashMap<String, usize> = HashMap::new();
     for (device, _, _) in &fleet.devices {
-        let (_, deployments) = app.get(&format!("/api/v1/devices/{device}/deployments")).await;
+        let (_, deployments) = app
+            .get(&format!("/api/v1/devices/{device}/deployments"))
+            .await;
         per_device.insert(device.clone(), deployments.as_array().unwrap().len());
     }
     assert!(per_device.values().all(|n| *n == 1), "{per_device:?}");

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use drover_core::query::{Dialect, Query};
+use drover_core::query::Dialect;
 use drover_core::rollout::canary::{CanaryData, MetricSamples};
 use drover_core::rollout::machine::{Action, Command, Decision, Event, Machine, Outcome, Status};
 use drover_core::rollout::plan::{self, Candidate};
@@ -27,6 +27,7 @@ use drover_proto::Page;
 
 use crate::db::{placeholders, value_rows, Db, Row, Value};
 use crate::ops::artifacts::{self, ArtifactRef};
+use crate::ops::deployments::{from_wire, wire};
 use crate::ops::{audit, auth::Actor, deployments, targets, ts};
 use crate::StoreError;
 
@@ -60,7 +61,7 @@ pub async fn create<D: Db>(
         .validate()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let artifact = artifacts::find(db, &new.artifact, &new.version).await?;
-    let query = target_query(db, &new.target).await?;
+    let query = targets::query_of(db, &new.target).await?;
     let fragment = query.to_sql(db.dialect(), now, 1);
     let params: Vec<Value> = fragment.params.iter().cloned().map(Value::from).collect();
     let joins = &fragment.joins;
@@ -70,7 +71,11 @@ pub async fn create<D: Db>(
         check_listed_devices(db, devices).await?;
     }
     // Devices the image is not for: refuse up front rather than fail them one by one.
-    let types: Vec<String> = artifact.device_types.iter().map(|t| t.to_string()).collect();
+    let types: Vec<String> = artifact
+        .device_types
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let rows = db
         .query_adhoc(
             &format!(
@@ -186,7 +191,12 @@ pub async fn create<D: Db>(
     // baseline the canary is compared with.
     let ranks = plan::stratified_ranks(&candidates, seed);
     let baseline_from = baseline_threshold(&new.spec, &ranks);
-    for chunk in candidates.iter().zip(&ranks).collect::<Vec<_>>().chunks(PLAN_BATCH) {
+    for chunk in candidates
+        .iter()
+        .zip(&ranks)
+        .collect::<Vec<_>>()
+        .chunks(PLAN_BATCH)
+    {
         let mut values = Vec::with_capacity(chunk.len() * 4);
         for (candidate, &rank) in chunk {
             values.push(Value::Int(id.0));
@@ -315,18 +325,29 @@ pub async fn tick<D: Db>(
                 Action::Dispatch { new, retries } => {
                     events.extend(dispatch(db, &ctx, &target, new, retries, &mut outcome).await?)
                 }
-                Action::Retry { device, attempt, at } => {
+                Action::Retry {
+                    device,
+                    attempt,
+                    at,
+                } => {
                     db.execute(
                         "UPDATE rollout_devices SET state = 'retry', retry_at = $1, attempt = $2
                          WHERE rollout_id = $3 AND device_seq = $4",
-                        &[ts(at), Value::Int(i64::from(attempt)), Value::Int(id.0), Value::Int(device)],
+                        &[
+                            ts(at),
+                            Value::Int(i64::from(attempt)),
+                            Value::Int(id.0),
+                            Value::Int(device),
+                        ],
                     )
                     .await?;
                 }
                 Action::Analyze { since, .. } => {
                     events.push(Event::CanaryData(canary_data(db, &ctx, since).await?))
                 }
-                Action::CancelUnfinished => cancel_unfinished(db, &ctx, "the rollout was aborted").await?,
+                Action::CancelUnfinished => {
+                    cancel_unfinished(db, &ctx, "the rollout was aborted").await?
+                }
                 Action::RollBack => {
                     cancel_unfinished(db, &ctx, "the rollout is rolling back").await?;
                     db.execute(
@@ -369,9 +390,12 @@ pub async fn command<D: Db>(
 ) -> Result<(RolloutView, TickOutcome), StoreError> {
     let before = get(db, id).await?;
     let machine: Machine = parse_json(
-        &db.query_one("SELECT machine FROM rollouts WHERE id = $1", &[Value::Int(id.0)])
-            .await?
-            .text(0)?,
+        &db.query_one(
+            "SELECT machine FROM rollouts WHERE id = $1",
+            &[Value::Int(id.0)],
+        )
+        .await?
+        .text(0)?,
     )?;
     machine
         .check_command(&before.spec, &command)
@@ -449,7 +473,9 @@ pub async fn list<D: Db>(
     let rows = match status {
         Some(status) => {
             db.query(
-                &format!("SELECT {COLUMNS} FROM rollouts WHERE status = $1 ORDER BY id DESC LIMIT $2"),
+                &format!(
+                    "SELECT {COLUMNS} FROM rollouts WHERE status = $1 ORDER BY id DESC LIMIT $2"
+                ),
                 &[Value::from(status), Value::Int(limit as i64)],
             )
             .await?
@@ -585,7 +611,7 @@ async fn add_joiners<D: Db>(
     seed: u64,
     since: Timestamp,
 ) -> Result<Option<u64>, StoreError> {
-    let query = match target_query(db, target).await {
+    let query = match targets::query_of(db, target).await {
         Ok(query) => query,
         // A group deleted after the rollout started: nobody new joins.
         Err(StoreError::NotFound { .. }) => return Ok(None),
@@ -608,7 +634,10 @@ async fn add_joiners<D: Db>(
     // commits after this one must not be missed.
     db.execute(
         "UPDATE rollouts SET joined_check = $1 WHERE id = $2",
-        &[ts(Timestamp::from_millis(ctx.now.as_millis() - 60_000)), Value::Int(ctx.id.0)],
+        &[
+            ts(Timestamp::from_millis(ctx.now.as_millis() - 60_000)),
+            Value::Int(ctx.id.0),
+        ],
     )
     .await?;
     if rows.is_empty() {
@@ -663,7 +692,10 @@ async fn outcomes<D: Db>(
         let finished_at = row.opt_int(5)?;
         let (new_state, event) = if was == "reverting" {
             let ok = state == DeploymentState::Succeeded;
-            (if ok { "reverted" } else { "revert_failed" }, Event::Reverted { ok })
+            (
+                if ok { "reverted" } else { "revert_failed" },
+                Event::Reverted { ok },
+            )
         } else {
             let outcome = match state {
                 DeploymentState::Succeeded | DeploymentState::Downloaded => Outcome::Succeeded,
@@ -707,7 +739,13 @@ async fn outcomes<D: Db>(
                 ..
             }
         ) && succeeded < ANALYSIS_DEVICES;
-        if matches!(event, Event::Outcome { outcome: Outcome::Succeeded, .. }) {
+        if matches!(
+            event,
+            Event::Outcome {
+                outcome: Outcome::Succeeded,
+                ..
+            }
+        ) {
             succeeded += 1;
         }
         db.execute(
@@ -798,7 +836,9 @@ async fn dispatch<D: Db>(
         let verdict = match (facts.get(&seq), &ctx.artifact) {
             (None, _) => Err("the device was deleted".to_owned()),
             (_, None) => Err("the release's artifact was deleted".to_owned()),
-            (Some(row), Some(artifact)) => eligible(ctx.spec, artifact, row, in_target.contains(&seq)),
+            (Some(row), Some(artifact)) => {
+                eligible(ctx.spec, artifact, row, in_target.contains(&seq))
+            }
         };
         match verdict {
             Ok((device, from_version)) => {
@@ -873,7 +913,7 @@ async fn still_in_target<D: Db>(
     target: &Target,
     picked: &[(i64, u32, bool)],
 ) -> Result<std::collections::HashSet<i64>, StoreError> {
-    let query = match target_query(db, target).await {
+    let query = match targets::query_of(db, target).await {
         Ok(query) => query,
         Err(StoreError::NotFound { .. }) => return Ok(Default::default()),
         Err(e) => return Err(e),
@@ -920,7 +960,11 @@ fn eligible(
         return Err("the device was decommissioned".into());
     }
     let device_type = text(4)?;
-    if !artifact.device_types.iter().any(|t| t.as_str() == device_type) {
+    if !artifact
+        .device_types
+        .iter()
+        .any(|t| t.as_str() == device_type)
+    {
         return Err(format!("the image is not for device type {device_type}"));
     }
     let hw_rev = text(5)?;
@@ -1005,8 +1049,16 @@ async fn canary_data<D: Db>(
         });
     }
     for (cohort, total, offline) in [
-        (Cohort::Canary, &mut data.canary_devices, &mut data.canary_offline),
-        (Cohort::Baseline, &mut data.baseline_devices, &mut data.baseline_offline),
+        (
+            Cohort::Canary,
+            &mut data.canary_devices,
+            &mut data.canary_offline,
+        ),
+        (
+            Cohort::Baseline,
+            &mut data.baseline_devices,
+            &mut data.baseline_offline,
+        ),
     ] {
         let row = db
             .query_one(
@@ -1220,7 +1272,9 @@ async fn revert_some<D: Db>(
                     seq,
                     &previous,
                     UpdateType::Forced,
-                    &ctx.artifact.as_ref().map_or(String::new(), |a| a.version.to_string()),
+                    &ctx.artifact
+                        .as_ref()
+                        .map_or(String::new(), |a| a.version.to_string()),
                     1,
                     ctx.id.0,
                     ctx.spec.policy.step_timeout,
@@ -1240,12 +1294,17 @@ async fn revert_some<D: Db>(
             }
             (None, _) => (
                 "revert_failed",
-                Some(format!("the previous release {from:?} is not available to reinstall")),
+                Some(format!(
+                    "the previous release {from:?} is not available to reinstall"
+                )),
                 None,
             ),
             (_, Some(busy)) => (
                 "revert_failed",
-                Some(format!("the device is busy with deployment {}", busy.int(0)?)),
+                Some(format!(
+                    "the device is busy with deployment {}",
+                    busy.int(0)?
+                )),
                 None,
             ),
         };
@@ -1310,9 +1369,9 @@ fn waiting_for(spec: &RolloutSpec, machine: &Machine) -> Option<String> {
     }
     if let Some(at) = machine.soak_started_at {
         let soak = match &spec.strategy {
-            drover_core::rollout::spec::Strategy::Phases(p) => {
-                p.get(machine.phase).map_or(Duration::from_millis(0), |p| p.soak)
-            }
+            drover_core::rollout::spec::Strategy::Phases(p) => p
+                .get(machine.phase)
+                .map_or(Duration::from_millis(0), |p| p.soak),
             drover_core::rollout::spec::Strategy::Rate(r) => r.canary_soak,
         };
         return Some(format!("the soak to end at {}", at.saturating_add(soak)));
@@ -1366,11 +1425,6 @@ async fn record<D: Db>(
     )
     .await?;
     Ok(())
-}
-
-/// The target's query, never selecting decommissioned devices.
-async fn target_query<D: Db>(db: &mut D, target: &Target) -> Result<Query, StoreError> {
-    targets::query_of(db, target).await
 }
 
 /// Listed devices must exist and be in service.
@@ -1453,16 +1507,4 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored rollout: {e}")))
-}
-
-fn wire<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
-fn from_wire<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|e| StoreError::Corrupt(format!("stored value {text:?}: {e}")))
 }
