@@ -34,6 +34,9 @@ pub enum BenchCommand {
     Shadow(crate::bench_device::ShadowArgs),
     /// Rollout creation and planning, dispatch rate and orchestrator cost per tick by fleet size.
     RolloutScale(crate::bench_rollout_scale::ScaleArgs),
+    /// Monte Carlo of many rollouts of good and bad releases through the real orchestrator:
+    /// blast radius, detection time and false-pause rate.
+    RolloutSafety(crate::bench_rollout_safety::SafetyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +92,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Checkins(args) => crate::bench_device::checkins(args).await,
         BenchCommand::Shadow(args) => crate::bench_device::shadow(args).await,
         BenchCommand::RolloutScale(args) => crate::bench_rollout_scale::run(args).await,
+        BenchCommand::RolloutSafety(args) => crate::bench_rollout_safety::run(args).await,
     }
 }
 

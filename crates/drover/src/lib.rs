@@ -12,6 +12,7 @@ mod bench_delta;
 mod bench_device;
 mod bench_download;
 mod bench_mqtt;
+mod bench_rollout_safety;
 mod bench_rollout_scale;
 pub mod cli;
 pub mod serve;

@@ -71,7 +71,7 @@ pub async fn run(
     };
     let scale = scenario.run.time_scale;
     eprintln!(
-        "simulating {} devices against {server} at {scale} speed-up{}; Ctrl-C stops",
+        "simulating {} devices against {server} at {scale} speed-up{}; Ctrl-C (or SIGTERM) stops and saves the devices' credentials",
         scenario.n_devices(),
         match options.duration.or(scenario.run.duration) {
             Some(d) => format!(" for {}", scale.describe(d)),
@@ -79,10 +79,10 @@ pub async fn run(
         }
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Ctrl-C or SIGTERM: stop the devices and save their credentials, so a later run resumes them.
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop.send(true);
-        }
+        drover_server::termination_signal().await;
+        let _ = stop.send(true);
     });
     let tty = std::io::stderr().is_terminal();
     let summary = drover_sim::run(

@@ -370,3 +370,12 @@ fn the_example_fleet_is_valid_and_has_ten_thousand_devices() {
         .collect();
     assert_eq!(revs.len(), 3);
 }
+
+#[test]
+fn the_rollout_demo_scenario_is_valid() {
+    let text = include_str!("../../../examples/rollout-demo.toml");
+    let scenario = Scenario::parse(text).expect("examples/rollout-demo.toml is valid");
+    let fleet = drover_sim::expand_fleet(&scenario, 1);
+    assert_eq!(fleet.len(), 1_000);
+    assert!(fleet.iter().all(|d| d.firmware.to_string() == "2.2.0"));
+}

@@ -1125,6 +1125,7 @@ mod tests {
         });
         world.spec.policy.max_attempts = 1;
         world.spec.gates.canary.enabled = false;
+        world.spec.gates.thresholds.min_finished = 10;
         world.run(5);
         assert_eq!(world.machine.status, Status::Paused);
         assert!(

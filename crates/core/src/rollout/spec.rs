@@ -20,18 +20,28 @@ pub enum Strategy {
 }
 
 impl Default for Strategy {
-    /// Canary 1% → 5% → 25% → 100%, each soaking 30 minutes, gated by the canary analysis.
+    /// Canary 1% (soak 30 minutes) → 2% (soak 3 hours) → 5% → 25% (30 minutes each) → 100%,
+    /// gated by the canary analysis. The long soak at 2% is what lets the sequential crash test
+    /// see a release that triples a rare crash rate (0.02 per device-hour) before more than 2% of
+    /// a 10,000-device fleet has it; 30-minute soaks alone never gather enough device-hours
+    /// (`drover bench rollout-safety`, BENCHMARKS.md).
     fn default() -> Self {
-        let soak = Duration::from_secs(30 * 60);
+        let minutes = |m: i64| Duration::from_secs(m * 60);
         Strategy::Phases(
-            [1.0, 5.0, 25.0, 100.0]
-                .into_iter()
-                .map(|percent| Phase {
-                    percent,
-                    soak,
-                    approval: false,
-                })
-                .collect(),
+            [
+                (1.0, minutes(30)),
+                (2.0, minutes(180)),
+                (5.0, minutes(30)),
+                (25.0, minutes(30)),
+                (100.0, minutes(30)),
+            ]
+            .into_iter()
+            .map(|(percent, soak)| Phase {
+                percent,
+                soak,
+                approval: false,
+            })
+            .collect(),
         )
     }
 }
@@ -134,7 +144,10 @@ pub struct Thresholds {
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
-            min_finished: 10,
+            // Fewer finished devices make one ordinary boot failure look like a 10% rollback rate:
+            // with 10, a good release on a fleet whose normal boot failure rate is 0.5% pauses in
+            // about 7% of rollouts; with 100, in none of thousands (BENCHMARKS.md).
+            min_finished: 100,
             max_failure_pct: 10.0,
             max_rollback_pct: 5.0,
             max_timeout_pct: 10.0,
@@ -179,7 +192,9 @@ impl Default for CanaryConfig {
             acceptable_failure_pct: 1.0,
             bad_failure_pct: 5.0,
             min_devices: 5,
-            baseline_devices: 200,
+            // Crash rates are rare events: the baseline's exposure bounds how fast the crash
+            // test can decide, so it is larger than the metrics alone would need.
+            baseline_devices: 1000,
         }
     }
 }
@@ -471,7 +486,7 @@ mod tests {
     #[test]
     fn the_default_rollout_is_valid() {
         RolloutSpec::default().validate().unwrap();
-        assert_eq!(RolloutSpec::default().n_phases(), 4);
+        assert_eq!(RolloutSpec::default().n_phases(), 5);
     }
 
     #[test]

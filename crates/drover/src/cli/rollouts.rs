@@ -41,8 +41,9 @@ const BAR_WIDTH: usize = 30;
 pub enum RolloutsCommand {
     /// Start a staged rollout of a release to a group, a fleet query or a list of devices.
     ///
-    /// Without strategy flags the rollout goes to 1%, 5%, 25% and 100% of the target, each phase
-    /// soaking 30 minutes and judged by the canary gate. The server checks the definition and
+    /// Without strategy flags the rollout goes to 1%, 2%, 5%, 25% and 100% of the target, each
+    /// phase judged by the canary gate after its soak (3 hours at 2%, so the crash test gathers
+    /// enough device-hours; 30 minutes otherwise). The server checks the definition and
     /// says precisely what is wrong with it.
     // `version` is an argument here, so `--version` cannot be the propagated version flag.
     #[command(disable_version_flag = true)]
@@ -161,7 +162,7 @@ pub struct CreateArgs {
     pub devices: Vec<DeviceId>,
 
     /// Cumulative percentages of the target, one per phase; the last must be 100
-    /// [default: 1,5,25,100]. Replaces the phases of --spec.
+    /// [default: 1,2,5,25,100, soaking 30m, 3h, 30m, 30m]. Replaces the phases of --spec.
     #[arg(
         long,
         value_name = "PERCENT,…",
@@ -170,7 +171,8 @@ pub struct CreateArgs {
         help_heading = "Strategy"
     )]
     pub phases: Vec<f64>,
-    /// How long each phase's devices run the release before its gate judges it [default: 30m].
+    /// How long each phase's devices run the release before its gate judges it, for every phase
+    /// [default: 30m; the default phases soak 3h at 2%].
     #[arg(long, value_name = "DURATION", value_parser = Duration::parse, help_heading = "Strategy")]
     pub soak: Option<Duration>,
     /// Phases, numbered from 1, that wait for `drover rollouts approve` before they start.
