@@ -147,6 +147,12 @@ pub async fn create_request<D: Db>(
             "device {device} is decommissioned and cannot answer"
         )));
     }
+    // Requests are kept a week for the record, then dropped here (indexed by creation time).
+    db.execute(
+        "DELETE FROM diag_requests WHERE created_at < $1",
+        &[ts(Timestamp::from_millis(now.as_millis() - 7 * 86_400_000))],
+    )
+    .await?;
     let id = secret::short_id("diag-");
     let args = serde_json::json!({ "lines": lines });
     db.execute(

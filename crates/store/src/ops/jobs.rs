@@ -308,7 +308,7 @@ pub async fn tick<D: Db>(
     if room > 0 {
         let due = db
             .query(
-                "SELECT e.id, e.device_seq, d.id, d.status FROM job_executions e
+                "SELECT e.id, d.id, d.status FROM job_executions e
                  JOIN devices d ON d.seq = e.device_seq
                  WHERE e.job_id = $1 AND e.state = 'queued' AND e.next_attempt_at <= $2
                  ORDER BY e.next_attempt_at, e.id LIMIT $3",
@@ -316,10 +316,10 @@ pub async fn tick<D: Db>(
             )
             .await?;
         for row in &due {
-            let (execution, device_seq) = (row.int(0)?, row.int(1)?);
+            let execution = row.int(0)?;
             let device =
-                DeviceId::parse(&row.text(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if row.text(3)? == "decommissioned" {
+                DeviceId::parse(&row.text(1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if row.text(2)? == "decommissioned" {
                 set_final(
                     db,
                     execution,
@@ -365,7 +365,6 @@ pub async fn tick<D: Db>(
                     Err(e) => return Err(e),
                 }
             }
-            let _ = device_seq;
             outcome.offered.push(device);
         }
     }
