@@ -369,6 +369,9 @@ pub async fn tick<D: Db>(
         }
     }
     write_counts(db, &job, &delta, now).await?;
+    if outcome.offered.is_empty() && expired.is_empty() {
+        settle_if_done(db, &job, now).await?;
+    }
     Ok(Some(outcome))
 }
 
@@ -865,6 +868,58 @@ async fn write_counts<D: Db>(
             Value::Int(delta.rejected),
             ts(now),
             Value::Int(i64::from(left == 0)),
+            Value::Int(job.id.0),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Completes a job whose counters say work is left when no execution is queued or running: a
+/// device deleted during the job takes its execution with it (`ON DELETE CASCADE`) but cannot
+/// move the counters. Two indexed existence checks on a quiet tick; the recount (one pass over
+/// the job's executions) happens once, when the job ends.
+async fn settle_if_done<D: Db>(
+    db: &mut D,
+    job: &LockedJob,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let open = db
+        .query_opt(
+            "SELECT 1 FROM job_executions WHERE job_id = $1 AND state = 'queued'
+             UNION ALL SELECT 1 FROM job_executions WHERE job_id = $1 AND state = 'in_progress' LIMIT 1",
+            &[Value::Int(job.id.0)],
+        )
+        .await?;
+    if open.is_some() {
+        return Ok(());
+    }
+    let rows = db
+        .query(
+            "SELECT state, COUNT(*) FROM job_executions WHERE job_id = $1 GROUP BY state",
+            &[Value::Int(job.id.0)],
+        )
+        .await?;
+    let mut counts = Counts::default();
+    let mut total = 0;
+    for row in &rows {
+        let n = row.int(1)?;
+        counts.add(&row.text(0)?, n);
+        total += n;
+    }
+    db.execute(
+        "UPDATE jobs SET n_total = $1, n_queued = 0, n_in_progress = 0, n_succeeded = $2, n_failed = $3,
+             n_timed_out = $4, n_canceled = $5, n_rejected = $6, state = 'completed', updated_at = $7,
+             finished_at = COALESCE(finished_at, $7)
+         WHERE id = $8 AND state IN ('running', 'completed')",
+        &[
+            Value::Int(total),
+            Value::Int(counts.succeeded),
+            Value::Int(counts.failed),
+            Value::Int(counts.timed_out),
+            Value::Int(counts.canceled),
+            Value::Int(counts.rejected),
+            ts(now),
             Value::Int(job.id.0),
         ],
     )

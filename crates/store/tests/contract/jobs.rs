@@ -235,6 +235,25 @@ contract_tests! {
         assert_eq!((view.state.as_str(), view.progress.succeeded), ("completed", 1));
     }
 
+    /// A device deleted during a job takes its execution along, and the job still completes with
+    /// counters that match what is left.
+    async fn a_job_completes_when_a_device_is_deleted_under_it(store: Store) {
+        create_active(&store, "del-1", at(0)).await;
+        create_active(&store, "del-2", at(0)).await;
+        let view = store
+            .create_job(&operator(), job(json!({"kind": "reboot", "target": {"devices": ["del-1", "del-2"]}, "max_parallel": 1})), at(0))
+            .await
+            .unwrap();
+        store.tick_job(view.id, at(0)).await.unwrap();
+        let (execution, _) = offer(&store, "del-1").await;
+        store.delete_device(&operator(), &id("del-2"), at(1)).await.unwrap();
+        store.report_job(&id("del-1"), execution, report(ReportedJobState::Succeeded), at(1)).await.unwrap();
+        store.tick_job(view.id, at(1)).await.unwrap();
+        let view = store.get_job(view.id).await.unwrap();
+        assert_eq!(view.state, "completed", "{:?}", view.progress);
+        assert_eq!((view.progress.total, view.progress.succeeded, view.progress.queued), (1, 1, 0));
+    }
+
     /// Reboot confirmations are single-use, bound to device and action, and expire.
     async fn diagnostics_confirmations_are_single_use(store: Store) {
         create_active(&store, "dg-1", at(0)).await;
