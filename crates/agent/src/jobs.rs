@@ -485,7 +485,130 @@ fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use drover_proto::jobs::JobId;
+
     use super::*;
+
+    fn config() -> Config {
+        let text = "server_url = \"http://127.0.0.1:1\"\nclaim_token = \"secret-claim\"\nfirmware = \"2.1.0\"\n\
+                    [jobs]\nreboot_command = \"/bin/true now\"\n[jobs.commands]\necho = \"/bin/cat\"\n";
+        Config::from_toml(text, Path::new("agent.toml")).unwrap()
+    }
+
+    fn offer(kind: JobKind, payload: Value) -> JobOffer {
+        JobOffer {
+            job_id: JobId(1),
+            execution_id: ExecutionId(7),
+            attempt: 2,
+            kind,
+            payload: Some(payload),
+            deadline: drover_core::Timestamp::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn each_kind_reports_what_it_did_for_the_attempt_it_was_offered() {
+        let config = config();
+        let jobs = config.jobs.clone().unwrap();
+        assert_eq!(jobs.reboot_command, ["/bin/true", "now"]);
+
+        let reboot = execute(&config, &jobs, &offer(JobKind::Reboot, Value::Null));
+        let report = reboot.report.unwrap();
+        assert!(reboot.reboot);
+        assert_eq!(
+            (report.state, report.execution_id, report.attempt),
+            (ReportedJobState::Succeeded, Some(ExecutionId(7)), Some(2))
+        );
+
+        let config_job = execute(&config, &jobs, &offer(JobKind::Config, json!({"rate": 1})));
+        assert_eq!(
+            config_job,
+            Outcome {
+                report: None,
+                reboot: false
+            },
+            "the shadow thread applies it"
+        );
+
+        let unknown = execute(
+            &config,
+            &jobs,
+            &offer(JobKind::Command, json!({"name": "format"})),
+        )
+        .report
+        .unwrap();
+        assert_eq!(unknown.state, ReportedJobState::Rejected);
+        assert!(unknown.message.unwrap().contains("\"format\""));
+
+        let echoed = execute(
+            &config,
+            &jobs,
+            &offer(JobKind::Command, json!({"name": "echo", "x": 1})),
+        )
+        .report
+        .unwrap();
+        assert_eq!(echoed.state, ReportedJobState::Succeeded);
+        assert_eq!(
+            echoed.result.unwrap()["output"],
+            json!({"name": "echo", "x": 1})
+        );
+
+        let bad = execute(
+            &config,
+            &jobs,
+            &offer(JobKind::Diagnostics, json!({"action": "reboot"})),
+        )
+        .report
+        .unwrap();
+        assert_eq!(bad.state, ReportedJobState::Rejected);
+        let ping = execute(
+            &config,
+            &jobs,
+            &offer(JobKind::Diagnostics, json!({"action": "ping"})),
+        )
+        .report
+        .unwrap();
+        assert_eq!(ping.state, ReportedJobState::Succeeded);
+        let no_log = execute(
+            &config,
+            &jobs,
+            &offer(JobKind::Diagnostics, json!({"action": "log_tail"})),
+        )
+        .report
+        .unwrap();
+        assert_eq!(no_log.state, ReportedJobState::Failed);
+    }
+
+    #[test]
+    fn the_config_dump_redacts_secrets_and_system_info_names_the_firmware() {
+        let config = config();
+        let jobs = config.jobs.clone().unwrap();
+        let dump = diagnose(&config, &jobs, DiagAction::ConfigDump, None)
+            .result
+            .unwrap();
+        assert_eq!(dump["claim_token"], "<redacted>");
+        assert!(!dump.to_string().contains("secret-claim"));
+        assert_eq!(dump["jobs"]["commands"]["echo"], "/bin/cat");
+        let info = diagnose(&config, &jobs, DiagAction::SystemInfo, None)
+            .result
+            .unwrap();
+        assert_eq!(info["firmware"], "2.1.0");
+    }
+
+    #[test]
+    fn jobs_can_be_switched_off_and_bad_command_names_are_refused() {
+        let off = Config::from_toml(
+            "server_url = \"http://x\"\n[jobs]\nenabled = false\n",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert!(off.jobs.is_none());
+        let bad = Config::from_toml(
+            "server_url = \"http://x\"\n[jobs.commands]\n\"rm -rf\" = \"/bin/rm\"\n",
+            Path::new("a.toml"),
+        );
+        assert!(bad.unwrap_err().to_string().contains("jobs.commands"));
+    }
 
     #[test]
     fn log_tail_returns_the_last_lines_or_says_why_not() {
