@@ -755,9 +755,14 @@ async fn the_agent_runs_job_commands_refuses_unknown_ones_and_answers_diagnostic
     assert_eq!(status, StatusCode::CREATED, "{job}");
     let executions = format!("/api/v1/jobs/{}/executions", job["id"]);
     let done = server
-        .until("the command ran", &executions, |page| page["items"][0]["state"] == "succeeded")
+        .until("the command ran", &executions, |page| {
+            page["items"][0]["state"] == "succeeded"
+        })
         .await;
-    assert_eq!(done["items"][0]["result"]["output"], json!({"name": "echo", "n": 7}));
+    assert_eq!(
+        done["items"][0]["result"]["output"],
+        json!({"name": "echo", "n": 7})
+    );
 
     let (_, job) = server
         .admin(
@@ -768,10 +773,18 @@ async fn the_agent_runs_job_commands_refuses_unknown_ones_and_answers_diagnostic
         .await;
     let executions = format!("/api/v1/jobs/{}/executions", job["id"]);
     let refused = server
-        .until("the command was refused", &executions, |page| page["items"][0]["state"] == "rejected")
+        .until("the command was refused", &executions, |page| {
+            page["items"][0]["state"] == "rejected"
+        })
         .await;
-    assert_eq!(refused["items"][0]["attempt"], 1, "a rejection is not retried");
-    assert!(refused["items"][0]["error"].as_str().unwrap().contains("format-disk"));
+    assert_eq!(
+        refused["items"][0]["attempt"], 1,
+        "a rejection is not retried"
+    );
+    assert!(refused["items"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("format-disk"));
 
     let path = format!("/api/v1/devices/{device_id}/diagnostics");
     let (status, info) = server
@@ -781,7 +794,11 @@ async fn the_agent_runs_job_commands_refuses_unknown_ones_and_answers_diagnostic
     assert_eq!(info["result"]["firmware"], "1.0.0");
     assert!(info["result"]["agent_version"].is_string());
     let (status, tail) = server
-        .admin(Method::POST, &path, Some(json!({"action": "log_tail", "lines": 2})))
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({"action": "log_tail", "lines": 2})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{tail}");
     assert_eq!(tail["result"]["lines"], json!(["connected", "all good"]));
