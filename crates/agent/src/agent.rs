@@ -191,6 +191,8 @@ impl Agent {
             _ => (None, None),
         };
         let updates = self.start_updates(&credential, offered);
+        // Dropped when this returns, which stops the job threads after their current long-poll.
+        let _jobs = crate::jobs::start(config, &credential, &mut rng);
         let result = self.run_transport(
             &device_id,
             &credential,

@@ -119,6 +119,34 @@ pub struct RawConfig {
     pub static_metrics: BTreeMap<String, f64>,
     /// Over-the-air updates (`[update]`); off unless `enabled = true`.
     pub update: Option<RawUpdateConfig>,
+    /// Fleet jobs and remote diagnostics (`[jobs]`); on unless `enabled = false`.
+    pub jobs: Option<RawJobsConfig>,
+}
+
+/// The `[jobs]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobsConfig {
+    pub enabled: Option<bool>,
+    /// The program (and arguments, split on spaces) that reboots the device.
+    pub reboot_command: Option<String>,
+    /// Custom commands: a job's `name` → the program run with the job's payload on stdin.
+    #[serde(default)]
+    pub commands: BTreeMap<String, PathBuf>,
+    /// Longest a custom command may run (the job's deadline cuts it shorter).
+    pub command_timeout: Option<String>,
+    /// The agent's log file, for the `log_tail` diagnostic.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Fleet jobs and remote diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsConfig {
+    /// The program and its arguments.
+    pub reboot_command: Vec<String>,
+    pub commands: BTreeMap<String, PathBuf>,
+    pub command_timeout: Duration,
+    pub log_file: Option<PathBuf>,
 }
 
 /// The `[update]` table, as written.
@@ -227,6 +255,8 @@ pub struct Config {
     pub config_hook_timeout: Duration,
     /// Over-the-air updates; `None` when disabled.
     pub update: Option<UpdateConfig>,
+    /// Fleet jobs and diagnostics; `None` when disabled.
+    pub jobs: Option<JobsConfig>,
 }
 
 /// How heartbeats and the shadow travel once the device has its credential. Provisioning always
@@ -412,6 +442,10 @@ impl Config {
             }
             _ => None,
         };
+        let jobs = match raw.jobs {
+            Some(jobs) if !jobs.enabled.unwrap_or(true) => None,
+            jobs => Some(JobsConfig::from_raw(jobs.unwrap_or_default())?),
+        };
         Ok(Config {
             server_url,
             state_dir,
@@ -458,6 +492,7 @@ impl Config {
             config_hook: cli.config_hook.clone().or(raw.config_hook),
             config_hook_timeout,
             update,
+            jobs,
         })
     }
 
@@ -629,6 +664,50 @@ impl RawConfig {
         toml::from_str(text).map_err(|e| ConfigError::Toml {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+}
+
+impl JobsConfig {
+    fn from_raw(raw: RawJobsConfig) -> Result<JobsConfig, ConfigError> {
+        let reboot_command: Vec<String> = raw
+            .reboot_command
+            .as_deref()
+            .unwrap_or("/sbin/reboot")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if reboot_command.is_empty() {
+            return Err(invalid("jobs.reboot_command", "must not be empty".into()));
+        }
+        for name in raw.commands.keys() {
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !valid {
+                return Err(invalid(
+                    "jobs.commands",
+                    format!("command name {name:?} must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'"),
+                ));
+            }
+        }
+        let command_timeout = duration(
+            "jobs.command_timeout",
+            raw.command_timeout,
+            Duration::from_secs(300),
+        )?;
+        if command_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "jobs.command_timeout",
+                "must be at least 1s".into(),
+            ));
+        }
+        Ok(JobsConfig {
+            reboot_command,
+            commands: raw.commands,
+            command_timeout,
+            log_file: raw.log_file,
         })
     }
 }

@@ -25,6 +25,8 @@
 //! - [`update`]: over-the-air A/B updates — the pure update state machine, its runner, the slot
 //!   backends (simulated, U-Boot, GRUB), the atomically persisted update state and the post-boot
 //!   health checks; [`update::run`] is the update thread's loop.
+//! - [`jobs`]: fleet jobs and remote diagnostics: two threads long-polling the device API over
+//!   HTTP, and what the agent answers (system info, log tail, redacted config, ping, reboot).
 //! - `log`: a minimal stderr logger (the agent's logs go to the journal, which adds timestamps).
 //!
 //! Threads: the heartbeat loop (the caller's), the shadow thread, the MQTT link thread (MQTT
@@ -40,6 +42,7 @@ pub mod buffer;
 pub mod config;
 pub mod hook;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod mqtt;
 pub mod process;

@@ -723,3 +723,90 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_job_commands_refuses_unknown_ones_and_answers_diagnostics() {
+    let dir = TempDir::new();
+    let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
+    let claim = server.claim().await;
+    let state_dir = dir.path.join("agent");
+    let script = dir.path.join("echo-payload.sh");
+    std::fs::write(&script, "#!/bin/sh\ncat\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log_file = dir.path.join("agent.log");
+    std::fs::write(&log_file, "booted\nconnected\nall good\n").unwrap();
+    let jobs = format!(
+        "[jobs]\nreboot_command = \"/bin/true\"\nlog_file = \"{}\"\n[jobs.commands]\necho = \"{}\"\n",
+        log_file.display(),
+        script.display()
+    );
+    let config = agent_config_with(&server.base, &state_dir, Some(&claim), &jobs);
+    let agent = RunningAgent::spawn(config);
+    eventually("a heartbeat", || count(&agent.stats.heartbeats_sent) >= 1).await;
+    let device_id = device_id(&state_dir);
+
+    let (status, job) = server
+        .admin(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"kind": "command", "target": {"devices": [device_id]}, "payload": {"name": "echo", "n": 7}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let executions = format!("/api/v1/jobs/{}/executions", job["id"]);
+    let done = server
+        .until("the command ran", &executions, |page| {
+            page["items"][0]["state"] == "succeeded"
+        })
+        .await;
+    assert_eq!(
+        done["items"][0]["result"]["output"],
+        json!({"name": "echo", "n": 7})
+    );
+
+    let (_, job) = server
+        .admin(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"kind": "command", "target": {"devices": [device_id]}, "payload": {"name": "format-disk"}, "retries": 3})),
+        )
+        .await;
+    let executions = format!("/api/v1/jobs/{}/executions", job["id"]);
+    let refused = server
+        .until("the command was refused", &executions, |page| {
+            page["items"][0]["state"] == "rejected"
+        })
+        .await;
+    assert_eq!(
+        refused["items"][0]["attempt"], 1,
+        "a rejection is not retried"
+    );
+    assert!(refused["items"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("format-disk"));
+
+    let path = format!("/api/v1/devices/{device_id}/diagnostics");
+    let (status, info) = server
+        .admin(Method::POST, &path, Some(json!({"action": "system_info"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["result"]["firmware"], "1.0.0");
+    assert!(info["result"]["agent_version"].is_string());
+    let (status, tail) = server
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({"action": "log_tail", "lines": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tail}");
+    assert_eq!(tail["result"]["lines"], json!(["connected", "all good"]));
+    let (status, dump) = server
+        .admin(Method::POST, &path, Some(json!({"action": "config_dump"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dump}");
+    assert_eq!(dump["result"]["claim_token"], "<redacted>");
+    agent.stop().expect("clean shutdown");
+    server.stop().await;
+}

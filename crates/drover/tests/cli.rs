@@ -1151,3 +1151,174 @@ fn field<'a>(text: &'a str, key: &str) -> &'a str {
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {key}: line in:\n{text}"))
 }
+
+/// Registers an active device over the API and returns its credential.
+async fn device_credential(app: &TestServer, id: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/devices", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": id, "device_type": "sensor", "issue_credential": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    body["credential"].as_str().unwrap().to_owned()
+}
+
+/// Plays the device: answers its next diagnostics request with `result`.
+fn answer_diagnostics(
+    app: &TestServer,
+    credential: &str,
+    result: Value,
+) -> tokio::task::JoinHandle<Value> {
+    let (base, credential) = (app.base.clone(), credential.to_owned());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let command: Value = http
+            .get(format!("{base}/api/device/v1/diagnostics/next?wait=20"))
+            .bearer_auth(&credential)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let request_id = command["request_id"].as_str().unwrap();
+        let response = http
+            .post(format!("{base}/api/device/v1/diagnostics/{request_id}"))
+            .bearer_auth(&credential)
+            .json(&json!({"result": result}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        command
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_created_shown_and_canceled_and_diag_prints_answers_or_timeouts() {
+    let app = spawn_server().await;
+    let credential = device_credential(&app, "cli-job-1").await;
+    device_credential(&app, "cli-job-2").await;
+
+    let bad = app
+        .drover(&[
+            "jobs",
+            "create",
+            "--kind",
+            "reboot",
+            "--devices",
+            "cli-job-1",
+            "--max-parallel",
+            "0",
+        ])
+        .await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("max_parallel must be between 1"),
+        "{bad:?}"
+    );
+    let bad = app
+        .drover(&[
+            "jobs",
+            "create",
+            "--kind",
+            "config",
+            "--devices",
+            "cli-job-1",
+            "--payload",
+            "{nope",
+        ])
+        .await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("--payload is not valid JSON"),
+        "{bad:?}"
+    );
+    let bad = app
+        .drover(&[
+            "jobs",
+            "create",
+            "--kind",
+            "explode",
+            "--devices",
+            "cli-job-1",
+        ])
+        .await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+
+    let created = app
+        .drover(&[
+            "jobs",
+            "create",
+            "--kind",
+            "command",
+            "-q",
+            "id ~ \"cli-job-*\"",
+            "--payload",
+            r#"{"name": "blink"}"#,
+            "--max-parallel",
+            "1",
+            "--timeout",
+            "30s",
+            "--retries",
+            "2",
+        ])
+        .await
+        .ok();
+    assert!(created.contains("command"), "{created}");
+    assert!(created.contains("2 total"), "{created}");
+    assert!(created.contains("timeout 30s, retries 2"), "{created}");
+    let listed = app.drover(&["jobs", "list"]).await.ok();
+    assert!(listed.contains("running"), "{listed}");
+    let shown = app.drover(&["--json", "jobs", "show", "1"]).await.json();
+    assert_eq!(shown["progress"]["total"], 2);
+    let executions = app.drover(&["jobs", "executions", "1"]).await.ok();
+    assert!(
+        executions.contains("cli-job-1") && executions.contains("cli-job-2"),
+        "{executions}"
+    );
+    let canceled = app
+        .drover(&["jobs", "cancel", "1", "--reason", "demo over"])
+        .await
+        .ok();
+    assert!(canceled.contains("canceled"), "{canceled}");
+    let again = app.drover(&["jobs", "cancel", "1"]).await;
+    assert_eq!(again.code, 5, "{again:?}");
+    let missing = app.drover(&["jobs", "show", "99"]).await;
+    assert_eq!(missing.code, 4, "{missing:?}");
+
+    // Diagnostics: the device's answer is printed; silence is a clear timeout.
+    let device = answer_diagnostics(
+        &app,
+        &credential,
+        json!({"hostname": "cli-box", "uptime_secs": 7}),
+    );
+    let info = app.drover(&["diag", "cli-job-1", "system-info"]).await.ok();
+    assert!(info.contains("cli-box"), "{info}");
+    assert_eq!(device.await.unwrap()["action"], "system_info");
+    let silent = app
+        .drover(&["diag", "cli-job-2", "ping", "--timeout", "1s"])
+        .await;
+    assert_eq!(silent.code, 6, "{silent:?}");
+    assert!(
+        silent
+            .stderr
+            .contains("device cli-job-2 did not answer within 1s (request diag-"),
+        "{silent:?}"
+    );
+    // A reboot needs confirmation: refused without --yes (no terminal to ask on), done with it.
+    let refused = app.drover(&["diag", "cli-job-1", "reboot"]).await;
+    assert_eq!(refused.code, 5, "{refused:?}");
+    assert!(refused.stderr.contains("--yes"), "{refused:?}");
+    let device = answer_diagnostics(&app, &credential, json!({"rebooting": true}));
+    let rebooted = app
+        .drover(&["diag", "cli-job-1", "reboot", "--yes"])
+        .await
+        .ok();
+    assert!(rebooted.contains("rebooting"), "{rebooted}");
+    assert_eq!(device.await.unwrap()["action"], "reboot");
+    app.stop().await;
+}

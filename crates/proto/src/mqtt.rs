@@ -19,6 +19,14 @@
 //! | `deployments/status` | device → server | a [`DeploymentReportMessage`](crate::update::DeploymentReportMessage) |
 //! | `deployments/status/accepted` | server → device | `{"deployment": id, "state": …}` |
 //! | `deployments/status/rejected` | server → device | [`Rejection`] (`conflict` when the deployment is over) |
+//! | `jobs/notify` | server → device | the [`JobOffer`](crate::jobs::JobOffer) to run, when a job's execution starts on the device and in answer to `jobs/get`; an empty payload when there is none |
+//! | `jobs/get` | device → server | empty: ask for the next job execution |
+//! | `jobs/status` | device → server | a [`JobStatusReport`](crate::jobs::JobStatusReport) with `execution_id` |
+//! | `jobs/status/accepted` | server → device | [`JobStatusAccepted`](crate::jobs::JobStatusAccepted) |
+//! | `jobs/status/rejected` | server → device | [`Rejection`] (`job_canceled` when the job was canceled: stop) |
+//! | `diag/request` | server → device | a [`DiagCommand`](crate::jobs::DiagCommand) |
+//! | `diag/response` | device → server | a [`DiagResponse`](crate::jobs::DiagResponse) with `request_id` |
+//! | `diag/response/rejected` | server → device | [`Rejection`] (`request_expired` when nobody waits any more) |
 //! | `rejected` | server → device | [`Rejection`] for a message on a topic the server does not know |
 //!
 //! Named shadows put `name/{name}/` after `shadow/`: `drover/{id}/shadow/name/config/update`.
@@ -60,6 +68,9 @@ pub enum Inbound {
     DeploymentStatus,
     ShadowGet(Option<ShadowName>),
     ShadowUpdate(Option<ShadowName>),
+    JobsGet,
+    JobStatus,
+    DiagResponse,
 }
 
 /// Why a topic is not one a device may publish to.
@@ -69,7 +80,7 @@ pub enum TopicError {
     NotDrover(String),
     #[error("invalid device id in topic {topic:?}: {reason}")]
     BadDevice { topic: String, reason: String },
-    #[error("unknown topic {0:?}: devices publish to heartbeat, shadow/get or shadow/update (optionally shadow/name/<name>/...)")]
+    #[error("unknown topic {0:?}: devices publish to heartbeat, shadow/get or shadow/update (optionally shadow/name/<name>/...), deployments/get, deployments/status, jobs/get, jobs/status or diag/response")]
     Unknown(String),
     #[error("invalid shadow name in topic {topic:?}: {reason}")]
     BadShadowName { topic: String, reason: String },
@@ -96,6 +107,9 @@ impl Inbound {
             "heartbeat" => return Ok(Inbound::Heartbeat),
             "deployments/get" => return Ok(Inbound::DeploymentsGet),
             "deployments/status" => return Ok(Inbound::DeploymentStatus),
+            "jobs/get" => return Ok(Inbound::JobsGet),
+            "jobs/status" => return Ok(Inbound::JobStatus),
+            "diag/response" => return Ok(Inbound::DiagResponse),
             _ => {}
         }
         let Some(shadow) = rest.strip_prefix("shadow/") else {
@@ -160,6 +174,41 @@ pub fn deployments_status_result(device: &DeviceId, accepted: bool) -> String {
     format!("{ROOT}/{device}/deployments/status/{}", outcome(accepted))
 }
 
+/// `drover/{id}/jobs/notify`: the job execution to run.
+pub fn jobs_notify(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/jobs/notify")
+}
+
+/// `drover/{id}/jobs/get`.
+pub fn jobs_get(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/jobs/get")
+}
+
+/// `drover/{id}/jobs/status`.
+pub fn jobs_status(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/jobs/status")
+}
+
+/// `drover/{id}/jobs/status/accepted` or `…/rejected`.
+pub fn jobs_status_result(device: &DeviceId, accepted: bool) -> String {
+    format!("{ROOT}/{device}/jobs/status/{}", outcome(accepted))
+}
+
+/// `drover/{id}/diag/request`: a diagnostics request.
+pub fn diag_request(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/diag/request")
+}
+
+/// `drover/{id}/diag/response`.
+pub fn diag_response(device: &DeviceId) -> String {
+    format!("{ROOT}/{device}/diag/response")
+}
+
+/// `drover/{id}/diag/response/accepted` or `…/rejected`.
+pub fn diag_response_result(device: &DeviceId, accepted: bool) -> String {
+    format!("{ROOT}/{device}/diag/response/{}", outcome(accepted))
+}
+
 /// `drover/{id}/rejected`: a message on a topic the server does not handle.
 pub fn rejected(device: &DeviceId) -> String {
     format!("{ROOT}/{device}/rejected")
@@ -220,6 +269,9 @@ mod tests {
         let config = ShadowName::parse("config").unwrap();
         for (topic, expected) in [
             (heartbeat(&device), Inbound::Heartbeat),
+            (jobs_get(&device), Inbound::JobsGet),
+            (jobs_status(&device), Inbound::JobStatus),
+            (diag_response(&device), Inbound::DiagResponse),
             (shadow_get(&device, None), Inbound::ShadowGet(None)),
             (shadow_update(&device, None), Inbound::ShadowUpdate(None)),
             (

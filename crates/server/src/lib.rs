@@ -14,6 +14,8 @@
 //! - `import`: streaming CSV / JSON-lines parsing for bulk device import.
 //! - [`ingest`]: group commit of heartbeats with a bounded queue (backpressure).
 //! - [`shadow_hub`]: in-process notification of shadow changes, for long-polls and MQTT deltas.
+//! - `wake`: in-process wake-ups for the job and diagnostics long-polls.
+//! - `jobs`: the fleet jobs tick (time-outs, starting executions up to `max_parallel`).
 //! - [`mqtt`]: the MQTT device API: embedded broker or external-broker client, one message handler.
 //! - `metrics`: Prometheus metrics and the request-metrics middleware.
 //! - `openapi`: the OpenAPI 3 document generated from the handlers' annotations.
@@ -23,6 +25,7 @@ mod error;
 mod extract;
 mod import;
 pub mod ingest;
+mod jobs;
 mod metrics;
 pub mod mqtt;
 mod openapi;
@@ -32,6 +35,7 @@ mod routes;
 pub mod shadow_hub;
 pub mod storage;
 pub mod tuf_repo;
+mod wake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,6 +69,15 @@ pub struct AppState {
     offers: tokio::sync::broadcast::Sender<drover_core::DeviceId>,
     /// Wakes the rollout orchestrator when a rollout was created or commanded.
     rollouts_changed: Arc<tokio::sync::Notify>,
+    /// Wakes the jobs tick when a job was created or a device finished an execution.
+    jobs_changed: Arc<tokio::sync::Notify>,
+    /// Wakes job and diagnostics long-polls.
+    wakes: wake::WakeHub,
+    /// Devices just offered a job execution, for the MQTT transport to publish their offer.
+    job_offers: tokio::sync::broadcast::Sender<drover_core::DeviceId>,
+    /// Diagnostics requests just stored, for the MQTT transport to publish.
+    diag_requests:
+        tokio::sync::broadcast::Sender<(drover_core::DeviceId, drover_proto::jobs::DiagCommand)>,
 }
 
 impl AppState {
@@ -170,6 +183,7 @@ pub async fn start(
     let tuf_config = config.tuf.clone();
     let metrics = Arc::new(metrics::Metrics::new());
     let shadows = shadow_hub::ShadowHub::new();
+    let wakes = wake::WakeHub::default();
     let state = AppState {
         store: store.clone(),
         ingest: ingest::Ingest::start(store.clone(), config.ingest),
@@ -184,6 +198,10 @@ pub async fn start(
         // still find them when they ask, but later).
         offers: tokio::sync::broadcast::channel(65_536).0,
         rollouts_changed: Arc::new(tokio::sync::Notify::new()),
+        jobs_changed: Arc::new(tokio::sync::Notify::new()),
+        wakes: wakes.clone(),
+        job_offers: tokio::sync::broadcast::channel(65_536).0,
+        diag_requests: tokio::sync::broadcast::channel(1024).0,
     };
     let messages = mqtt::handler::DeviceMessages::new(state.clone());
     let mqtt_addr = mqtt_listener.as_ref().map(|l| l.local_addr());
@@ -215,6 +233,8 @@ pub async fn start(
         }
     };
     let orchestrator = tokio::spawn(orchestrator::run(state.clone(), state.config.rollout_tick));
+    // Jobs tick as often as rollouts: one setting for "how fast background operations move".
+    let jobs_loop = tokio::spawn(jobs::run(state.clone(), state.config.rollout_tick));
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
@@ -237,6 +257,7 @@ pub async fn start(
                 }
                 // Long-polls would otherwise hold graceful shutdown up for up to a minute.
                 shadows.close();
+                wakes.close();
             })
             .await
             .context("HTTP server failed");
@@ -246,6 +267,7 @@ pub async fn start(
         timeouts.abort();
         resign.abort();
         orchestrator.abort();
+        jobs_loop.abort();
         if let Some(transport) = mqtt_transport {
             transport.shutdown().await;
         }

@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    artifacts, audit, auth, device_api, devices, groups, health, rollouts, shadow, tuf, updates,
+    artifacts, audit, auth, device_api, devices, diagnostics, groups, health, jobs, rollouts,
+    shadow, tuf, updates,
 };
 
 #[derive(OpenApi)]
@@ -28,6 +29,9 @@ use crate::routes::{
         artifacts::create_deployment, artifacts::list_deployments, artifacts::cancel_deployment,
         rollouts::create, rollouts::list, rollouts::get, rollouts::decisions, rollouts::devices,
         rollouts::pause, rollouts::resume, rollouts::approve, rollouts::abort, rollouts::rollback,
+        jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel,
+        jobs::device_next, jobs::device_report,
+        diagnostics::request, diagnostics::device_next, diagnostics::device_answer,
         tuf::root, tuf::publish_root, tuf::add_key,
         updates::next, updates::report, updates::metadata, updates::target,
     ),
@@ -43,6 +47,7 @@ use crate::routes::{
         (name = "artifacts", description = "Firmware artifacts and their deltas"),
         (name = "deployments", description = "Installing an artifact on one device"),
         (name = "rollouts", description = "Staged rollouts with canary gates"),
+        (name = "jobs", description = "Fleet jobs: reboot, configuration, diagnostics or a custom command over a target"),
         (name = "tuf", description = "The TUF repository: root rotation and online keys"),
         (name = "device", description = "Device API"),
     )

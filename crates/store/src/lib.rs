@@ -9,7 +9,8 @@
 //! - `sqlite`, `postgres`: the backends (connections, transactions, type mapping).
 //! - `migrate`: versioned schema migrations per backend (`migrations/{sqlite,postgres}/*.sql`).
 //! - `ops`: the operations, written once against `Db`: devices, groups, credentials and
-//!   provisioning, tokens and claims, audit, heartbeats, device shadows.
+//!   provisioning, tokens and claims, audit, heartbeats, device shadows, rollouts, fleet jobs and
+//!   diagnostics.
 //! - [`secret`]: random secrets and their hashes.
 
 pub mod db;
@@ -45,9 +46,11 @@ pub use ops::audit::AuditFilter;
 pub use ops::auth::{Actor, TokenAuth};
 pub use ops::deployments::Offer;
 pub use ops::devices::{ImportMsg, ImportRow};
+pub use ops::diagnostics::{AnswerOutcome, Confirmation, DiagState};
 pub use ops::health::{
     CohortRollup, ConnectivityChange, DeviceHealth, HeartbeatRecord, IngestOptions,
 };
+pub use ops::jobs::{JobTickOutcome, ReportOutcome as JobReportOutcome};
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
 pub use ops::rollouts::TickOutcome;
 pub use ops::tuf::{StoredKey, StoredMetadata};
@@ -927,6 +930,207 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DeploymentId>, StoreError> {
         with_db!(self, write, |db| ops::deployments::time_out(db, now, limit)
+            .await)
+    }
+
+    // ---- fleet jobs and diagnostics ------------------------------------------------------------
+
+    /// Validates a job and creates it with one queued execution per target device.
+    pub async fn create_job(
+        &self,
+        actor: &Actor,
+        new: drover_proto::jobs::NewJob,
+        now: Timestamp,
+    ) -> Result<drover_proto::jobs::JobView, StoreError> {
+        let actor = actor.clone();
+        with_db!(self, write, |db| ops::jobs::create(db, &actor, &new, now)
+            .await)
+    }
+
+    /// One job.
+    pub async fn get_job(
+        &self,
+        id: drover_proto::jobs::JobId,
+    ) -> Result<drover_proto::jobs::JobView, StoreError> {
+        with_db!(self, read, |db| ops::jobs::get(db, id).await)
+    }
+
+    /// Jobs, newest first, optionally in one state (`running`, `completed`, `canceled`).
+    pub async fn list_jobs(
+        &self,
+        state: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<drover_proto::jobs::JobView>, StoreError> {
+        with_db!(self, read, |db| ops::jobs::list(
+            db,
+            state.as_deref(),
+            limit
+        )
+        .await)
+    }
+
+    /// A page of a job's executions.
+    pub async fn job_executions(
+        &self,
+        id: drover_proto::jobs::JobId,
+        state: Option<String>,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Page<drover_proto::jobs::JobExecutionView>, StoreError> {
+        with_db!(self, read, |db| ops::jobs::executions(
+            db,
+            id,
+            state.as_deref(),
+            cursor.as_deref(),
+            limit
+        )
+        .await)
+    }
+
+    /// Cancels a running job; returns it and the devices that were running it.
+    pub async fn cancel_job(
+        &self,
+        actor: &Actor,
+        id: drover_proto::jobs::JobId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(drover_proto::jobs::JobView, Vec<DeviceId>), StoreError> {
+        let (actor, reason) = (actor.clone(), reason.to_owned());
+        with_db!(self, write, |db| ops::jobs::cancel(
+            db, &actor, id, &reason, now
+        )
+        .await)
+    }
+
+    /// Jobs the tick has work for.
+    pub async fn active_jobs(&self) -> Result<Vec<drover_proto::jobs::JobId>, StoreError> {
+        with_db!(self, read, |db| ops::jobs::active(db).await)
+    }
+
+    /// One tick of one job; `None` when another replica holds it right now.
+    pub async fn tick_job(
+        &self,
+        id: drover_proto::jobs::JobId,
+        now: Timestamp,
+    ) -> Result<Option<JobTickOutcome>, StoreError> {
+        with_db!(self, write, |db| ops::jobs::tick(db, id, now, true).await)
+    }
+
+    /// The job execution a device should run now.
+    pub async fn next_job(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<drover_proto::jobs::JobOffer>, StoreError> {
+        let device = device.clone();
+        with_db!(self, read, |db| ops::jobs::next_for_device(db, &device)
+            .await)
+    }
+
+    /// Records a device's report on one of its job executions.
+    pub async fn report_job(
+        &self,
+        device: &DeviceId,
+        execution: drover_proto::jobs::ExecutionId,
+        report: drover_proto::jobs::JobStatusReport,
+        now: Timestamp,
+    ) -> Result<JobReportOutcome, StoreError> {
+        let device = device.clone();
+        with_db!(self, write, |db| ops::jobs::report(
+            db, &device, execution, &report, now
+        )
+        .await)
+    }
+
+    /// Issues a single-use confirmation token for a diagnostics action on a device.
+    pub async fn create_diag_confirmation(
+        &self,
+        device: &DeviceId,
+        action: drover_proto::jobs::DiagAction,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<String, StoreError> {
+        let device = device.clone();
+        with_db!(self, write, |db| ops::diagnostics::create_confirmation(
+            db, &device, action, expires_at, now
+        )
+        .await)
+    }
+
+    /// Consumes a confirmation token if it is valid for the device and action.
+    pub async fn consume_diag_confirmation(
+        &self,
+        device: &DeviceId,
+        action: drover_proto::jobs::DiagAction,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Confirmation, StoreError> {
+        let (device, token) = (device.clone(), token.to_owned());
+        with_db!(self, write, |db| ops::diagnostics::consume_confirmation(
+            db, &device, action, &token, now
+        )
+        .await)
+    }
+
+    /// Records a diagnostics request (audited); returns its id.
+    pub async fn create_diag_request(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        action: drover_proto::jobs::DiagAction,
+        lines: Option<u32>,
+        deadline: Timestamp,
+        now: Timestamp,
+    ) -> Result<String, StoreError> {
+        let (actor, device) = (actor.clone(), device.clone());
+        with_db!(self, write, |db| ops::diagnostics::create_request(
+            db, &actor, &device, action, lines, deadline, now
+        )
+        .await)
+    }
+
+    /// The oldest diagnostics request a device has to answer.
+    pub async fn next_diag_request(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> Result<Option<drover_proto::jobs::DiagCommand>, StoreError> {
+        let device = device.clone();
+        with_db!(self, write, |db| ops::diagnostics::next_for_device(
+            db, &device, now
+        )
+        .await)
+    }
+
+    /// Records a device's answer to a diagnostics request.
+    pub async fn answer_diag_request(
+        &self,
+        device: &DeviceId,
+        request_id: &str,
+        response: drover_proto::jobs::DiagResponse,
+        now: Timestamp,
+    ) -> Result<AnswerOutcome, StoreError> {
+        let (device, request_id) = (device.clone(), request_id.to_owned());
+        with_db!(self, write, |db| ops::diagnostics::answer(
+            db,
+            &device,
+            &request_id,
+            &response,
+            now
+        )
+        .await)
+    }
+
+    /// Where a diagnostics request stands.
+    pub async fn diag_request_state(&self, request_id: &str) -> Result<DiagState, StoreError> {
+        let request_id = request_id.to_owned();
+        with_db!(self, read, |db| ops::diagnostics::state(db, &request_id)
+            .await)
+    }
+
+    /// Gives up on a diagnostics request; returns its answer if it arrived meanwhile.
+    pub async fn expire_diag_request(&self, request_id: &str) -> Result<DiagState, StoreError> {
+        let request_id = request_id.to_owned();
+        with_db!(self, write, |db| ops::diagnostics::expire(db, &request_id)
             .await)
     }
 

@@ -104,6 +104,38 @@ impl Client {
         self.send(self.request(method, path).json(body)).await
     }
 
+    /// A request with a JSON body whose answer the caller interprets, errors included (e.g. a
+    /// 409 carrying a confirmation token): the status and the JSON body (`null` when empty).
+    pub async fn call_json_status<B: Serialize>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: &B,
+    ) -> Result<(StatusCode, Value), CliError> {
+        let response = self
+            .request(method, path)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if text.trim().is_empty() {
+            return Ok((status, Value::Null));
+        }
+        match serde_json::from_str(&text) {
+            Ok(value) => Ok((status, value)),
+            Err(_) if !status.is_success() => Err(http_error(status, &text)),
+            Err(e) => Err(CliError::new(
+                ErrorKind::Other,
+                format!("unexpected response from {}: not JSON ({e})", self.base),
+            )),
+        }
+    }
+
     /// A request with query parameters and, if given, a JSON body, e.g. `PATCH
     /// /api/v1/devices/{id}/shadow?name=config`.
     pub async fn call_with<B: Serialize>(

@@ -26,7 +26,7 @@
 //! - [`paging`]: one page with a hint for the next, or every page with `--all`.
 //! - [`devices`] (with [`import`]), [`groups`], [`auth`] (claims, tokens, whoami), [`audit`],
 //!   [`query`], [`shadow`], [`artifacts`] (artifacts and deployments), [`rollouts`] (staged
-//!   rollouts, their gates and decision log), [`keys`] (offline TUF keys), [`health`] (heartbeat
+//!   rollouts, their gates and decision log), [`jobs`] (fleet jobs and `drover diag`), [`keys`] (offline TUF keys), [`health`] (heartbeat
 //!   statistics per firmware version): the commands.
 
 pub mod artifacts;
@@ -37,6 +37,7 @@ pub mod devices;
 pub mod groups;
 pub mod health;
 pub mod import;
+pub mod jobs;
 pub mod keys;
 pub mod output;
 pub mod paging;
@@ -118,6 +119,11 @@ pub enum AdminCommand {
     /// Staged rollouts: a release to a group, query or device list in gated phases.
     #[command(subcommand)]
     Rollouts(rollouts::RolloutsCommand),
+    /// Fleet jobs: reboot, push configuration, run diagnostics or a custom command on a target.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Ask one device a diagnostic question (system-info, log-tail, config-dump, ping, reboot).
+    Diag(jobs::DiagArgs),
     /// TUF signing keys kept offline: generate, rotate the root, sign, publish.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -157,6 +163,8 @@ async fn dispatch(options: &ClientOptions, command: AdminCommand) -> Result<(), 
             artifacts::run_deployments(&client, json, command).await
         }
         AdminCommand::Rollouts(command) => rollouts::run(&client, json, command).await,
+        AdminCommand::Jobs(command) => jobs::run(&client, json, command).await,
+        AdminCommand::Diag(args) => jobs::run_diag(&client, json, args).await,
         AdminCommand::Keys(_) => unreachable!("handled above"),
     }
 }

@@ -6,6 +6,7 @@ use drover_core::shadow::{ShadowName, ShadowUpdate};
 use drover_core::DeviceId;
 use drover_proto::device_api::{Heartbeat, HeartbeatBatch};
 use drover_proto::error::ErrorDetail;
+use drover_proto::jobs::{DiagCommand, DiagResponse, JobOffer, JobStatusAccepted, JobStatusReport};
 use drover_proto::mqtt::{self, Inbound, Rejection};
 use drover_proto::update::{DeploymentReportMessage, UpdateOffer};
 use drover_store::Actor;
@@ -73,6 +74,27 @@ impl DeviceMessages {
                 )],
                 Err(error) => {
                     let topic = mqtt::deployments_status_result(device, false);
+                    vec![self.reject(topic, error, None)]
+                }
+            },
+            Inbound::JobsGet => match self.state.store.next_job(device).await {
+                Ok(offer) => vec![job_message(device, offer.as_ref())],
+                Err(error) => vec![self.reject(mqtt::rejected(device), error.into(), None)],
+            },
+            Inbound::JobStatus => match self.job_status(device, payload).await {
+                Ok(accepted) => vec![json(mqtt::jobs_status_result(device, true), &accepted)],
+                Err(error) => {
+                    let topic = mqtt::jobs_status_result(device, false);
+                    vec![self.reject(topic, error, None)]
+                }
+            },
+            Inbound::DiagResponse => match self.diag_response(device, payload).await {
+                Ok(request_id) => vec![json(
+                    mqtt::diag_response_result(device, true),
+                    &serde_json::json!({ "request_id": request_id, "state": "answered" }),
+                )],
+                Err(error) => {
+                    let topic = mqtt::diag_response_result(device, false);
                     vec![self.reject(topic, error, None)]
                 }
             },
@@ -144,6 +166,36 @@ impl DeviceMessages {
         crate::ota::report(&self.state, device, message.deployment, message.report).await
     }
 
+    async fn job_status(
+        &self,
+        device: &DeviceId,
+        payload: &[u8],
+    ) -> Result<JobStatusAccepted, ApiError> {
+        if payload.len() > self.state.config.max_body_bytes {
+            return Err(too_large(payload.len(), self.state.config.max_body_bytes));
+        }
+        let report: JobStatusReport =
+            serde_json::from_value(parse_json(payload)?).map_err(invalid)?;
+        let execution = report.execution_id.ok_or_else(|| {
+            ApiError::unprocessable("invalid payload: execution_id is required over MQTT")
+        })?;
+        crate::routes::jobs::record_report(&self.state, device, execution, report).await
+    }
+
+    async fn diag_response(&self, device: &DeviceId, payload: &[u8]) -> Result<String, ApiError> {
+        if payload.len() > self.state.config.max_body_bytes {
+            return Err(too_large(payload.len(), self.state.config.max_body_bytes));
+        }
+        let response: DiagResponse =
+            serde_json::from_value(parse_json(payload)?).map_err(invalid)?;
+        let request_id = response.request_id.clone().ok_or_else(|| {
+            ApiError::unprocessable("invalid payload: request_id is required over MQTT")
+        })?;
+        crate::routes::diagnostics::record_answer(&self.state, device, &request_id, response)
+            .await?;
+        Ok(request_id)
+    }
+
     async fn shadow_get(
         &self,
         device: &DeviceId,
@@ -189,6 +241,22 @@ pub fn offer_message(device: &DeviceId, offer: Option<&UpdateOffer>) -> Outgoing
             payload: Vec::new(),
         },
     }
+}
+
+/// The job offer on `drover/{id}/jobs/notify`; an empty payload when there is none.
+pub fn job_message(device: &DeviceId, offer: Option<&JobOffer>) -> Outgoing {
+    match offer {
+        Some(offer) => json(mqtt::jobs_notify(device), offer),
+        None => Outgoing {
+            topic: mqtt::jobs_notify(device),
+            payload: Vec::new(),
+        },
+    }
+}
+
+/// A diagnostics request on `drover/{id}/diag/request`.
+pub fn diag_message(device: &DeviceId, command: &DiagCommand) -> Outgoing {
+    json(mqtt::diag_request(device), command)
 }
 
 fn json(topic: String, body: &impl serde::Serialize) -> Outgoing {

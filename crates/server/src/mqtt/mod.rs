@@ -58,32 +58,68 @@ impl Transport {
 /// there already, and `drover serve` must start beside it without configuration.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1884";
 
-/// Publishes the offer to the device whenever an operator deploys to it, for the life of the
-/// server. Devices that miss it (offline, or connected to another replica's broker) find it with
-/// `deployments/get` or the HTTP check.
+/// Publishes the offer to the device whenever an operator deploys to it, a job execution is
+/// offered to it or its job was canceled (`jobs/notify`, empty when nothing is left), and each
+/// diagnostics request (`diag/request`), for the life of the server. Devices that miss one
+/// (offline, or connected to another replica's broker) find it with `deployments/get`,
+/// `jobs/get` or the HTTP long-polls.
 pub async fn publish_offers<F, Fut>(messages: DeviceMessages, publish: F)
+where
+    F: Fn(Outgoing) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    // `None` once a channel closes, i.e. the server is gone.
+    let _ = offers_until_closed(messages, publish).await;
+}
+
+async fn offers_until_closed<F, Fut>(messages: DeviceMessages, publish: F) -> Option<()>
 where
     F: Fn(Outgoing) -> Fut,
     Fut: Future<Output = ()>,
 {
     let state = messages.state().clone();
     let mut created = state.offers.subscribe();
+    let mut jobs = state.job_offers.subscribe();
+    let mut diagnostics = state.diag_requests.subscribe();
     loop {
-        let device = match created.recv().await {
-            Ok(device) => device,
-            Err(RecvError::Lagged(skipped)) => {
-                tracing::warn!(skipped, "MQTT offer publisher fell behind; those devices find their offer at their next check");
-                continue;
+        tokio::select! {
+            received = created.recv() => {
+                let Some(device) = received_or_skip(received, "offer")? else { continue };
+                match crate::ota::offer_for(&state, &device).await {
+                    Ok(Some(offer)) => publish(handler::offer_message(&device, Some(&offer))).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, %device, "cannot read the offer to publish")
+                    }
+                }
             }
-            Err(RecvError::Closed) => return,
-        };
-        match crate::ota::offer_for(&state, &device).await {
-            Ok(Some(offer)) => publish(handler::offer_message(&device, Some(&offer))).await,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e.message, %device, "cannot read the offer to publish")
+            received = jobs.recv() => {
+                let Some(device) = received_or_skip(received, "job offer")? else { continue };
+                match state.store.next_job(&device).await {
+                    Ok(offer) => publish(handler::job_message(&device, offer.as_ref())).await,
+                    Err(e) => tracing::warn!(error = %e, %device, "cannot read the job offer to publish"),
+                }
+            }
+            received = diagnostics.recv() => {
+                let Some((device, command)) = received_or_skip(received, "diagnostics request")? else { continue };
+                publish(handler::diag_message(&device, &command)).await;
             }
         }
+    }
+}
+
+/// The value received, `Some(None)` after a lag (logged), `None` once the sender is gone.
+fn received_or_skip<T>(received: Result<T, RecvError>, what: &str) -> Option<Option<T>> {
+    match received {
+        Ok(value) => Some(Some(value)),
+        Err(RecvError::Lagged(skipped)) => {
+            tracing::warn!(
+                skipped,
+                "MQTT {what} publisher fell behind; those devices find theirs at their next check"
+            );
+            Some(None)
+        }
+        Err(RecvError::Closed) => None,
     }
 }
 

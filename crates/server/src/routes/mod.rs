@@ -5,9 +5,11 @@ pub mod audit;
 pub mod auth;
 pub mod device_api;
 pub mod devices;
+pub mod diagnostics;
 pub mod download;
 pub mod groups;
 pub mod health;
+pub mod jobs;
 pub mod ops;
 pub mod rollouts;
 pub mod shadow;
@@ -81,6 +83,11 @@ pub fn router(state: AppState) -> Router {
             "/devices/{id}/deployments/{deployment}/cancel",
             post(artifacts::cancel_deployment),
         )
+        .route("/devices/{id}/diagnostics", post(diagnostics::request))
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/executions", get(jobs::executions))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/rollouts/{id}", get(rollouts::get))
         .route("/rollouts/{id}/decisions", get(rollouts::decisions))
@@ -142,6 +149,13 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(max_shadow)),
         )
         .route("/shadow/delta", get(shadow::device_delta))
+        .route("/jobs/next", get(jobs::device_next))
+        .route("/jobs/{execution}/status", post(jobs::device_report))
+        .route("/diagnostics/next", get(diagnostics::device_next))
+        .route(
+            "/diagnostics/{request_id}",
+            post(diagnostics::device_answer),
+        )
         .route("/deployments/next", get(updates::next))
         .route("/deployments/{id}/status", post(updates::report))
         .route("/tuf/{file}", get(updates::metadata))

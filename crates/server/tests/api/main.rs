@@ -9,6 +9,7 @@ mod bad_input;
 mod devices;
 mod groups;
 mod health;
+mod jobs;
 mod mqtt;
 mod mqtt_external;
 mod ops;

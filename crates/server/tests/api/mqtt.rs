@@ -550,3 +550,52 @@ async fn stopping_the_server_disconnects_devices_and_closes_the_port() {
         "nothing listens on {addr} any more"
     );
 }
+
+api_tests! {
+    async fn jobs_and_diagnostics_reach_devices_over_mqtt(app) with AppOptions {
+        rollout_tick: Some(Duration::from_millis(100)),
+        ..AppOptions::default()
+    }; {
+        let credential = provision(app, "mq-job").await;
+        let mut device = Device::connect(app, "mq-job", &credential).await;
+        device.publish("drover/mq-job/jobs/get", Vec::new()).await;
+        assert_eq!(device.expect("drover/mq-job/jobs/notify").await, json!(""));
+
+        // A job's execution is pushed when it starts; reports come back over MQTT.
+        let (status, job) = app
+            .post("/api/v1/jobs", json!({"kind": "command", "target": {"devices": ["mq-job"]}, "payload": {"name": "blink"}}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        let offer = device.expect("drover/mq-job/jobs/notify").await;
+        assert_eq!(offer["job_id"], job["id"]);
+        assert_eq!(offer["payload"]["name"], "blink");
+        device.publish_json("drover/mq-job/jobs/status", json!({"state": "succeeded"})).await;
+        let rejected = device.expect("drover/mq-job/jobs/status/rejected").await;
+        assert!(rejected["error"]["message"].as_str().unwrap().contains("execution_id"), "{rejected}");
+        device.publish("drover/mq-job/jobs/status", b"{not json".to_vec()).await;
+        assert_eq!(code(&device.expect("drover/mq-job/jobs/status/rejected").await), "invalid_json");
+        device
+            .publish_json("drover/mq-job/jobs/status", json!({"execution_id": offer["execution_id"], "state": "succeeded", "result": {"ok": true}}))
+            .await;
+        let accepted = device.expect("drover/mq-job/jobs/status/accepted").await;
+        assert_eq!(accepted["state"], "succeeded");
+
+        // A diagnostics request is pushed, and the answer published back ends the operator's wait.
+        let (http, url) = (app.http.clone(), app.url("/api/v1/devices/mq-job/diagnostics"));
+        let operator = tokio::spawn(async move {
+            let response = http.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"action": "ping"})).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        });
+        let request = device.expect("drover/mq-job/diag/request").await;
+        assert_eq!(request["action"], "ping");
+        device.publish_json("drover/mq-job/diag/response", json!({"result": "pong"})).await;
+        assert_eq!(code(&device.expect("drover/mq-job/diag/response/rejected").await), "invalid_request");
+        device
+            .publish_json("drover/mq-job/diag/response", json!({"request_id": request["request_id"], "result": {"pong": true}}))
+            .await;
+        device.expect("drover/mq-job/diag/response/accepted").await;
+        let (status, answer) = operator.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["result"], json!({"pong": true}));
+    }
+}

@@ -1433,7 +1433,10 @@ async fn record<D: Db>(
 }
 
 /// Listed devices must exist and be in service.
-async fn check_listed_devices<D: Db>(db: &mut D, devices: &[DeviceId]) -> Result<(), StoreError> {
+pub(crate) async fn check_listed_devices<D: Db>(
+    db: &mut D,
+    devices: &[DeviceId],
+) -> Result<(), StoreError> {
     let mut found = HashMap::new();
     for chunk in devices.chunks(PLAN_BATCH) {
         let params: Vec<Value> = chunk.iter().map(|d| Value::from(d.as_str())).collect();

@@ -17,6 +17,7 @@
 //! - `auth`: operator tokens and the first-start admin token.
 //! - `audit`: what mutations record, and reading the log back with filters and paging.
 //! - `health`: heartbeat ingest, latest health and cohort rollups.
+//! - `jobs`: fleet jobs (max_parallel, timeouts, retries, cancel, config) and diagnostics requests.
 //! - `shadow`: device shadows: merge and persistence, versions under concurrency, tombstones, limits.
 
 /// Expands each `async fn name(store: Store) { … }` into a module `name` holding the scenario and
@@ -67,6 +68,7 @@ mod bulk;
 mod devices;
 mod groups;
 mod health;
+mod jobs;
 mod listing;
 mod metric_queries;
 mod provisioning;
