@@ -1216,15 +1216,15 @@ mod tests {
 
     #[test]
     fn soak_and_approval_change_the_default_phases_when_no_list_is_given() {
-        let body = body(&["--group", "g", "--soak", "5m", "--approve-before", "4"]).unwrap();
+        let body = body(&["--group", "g", "--soak", "5m", "--approve-before", "5"]).unwrap();
         let phases = body["strategy"]["phases"].as_array().unwrap();
-        assert_eq!(phases.len(), 4);
+        assert_eq!(phases.len(), 5);
         assert!(phases.iter().all(|p| p["soak"] == "5m"));
         let approvals: Vec<bool> = phases
             .iter()
             .map(|p| p["approval"].as_bool().unwrap())
             .collect();
-        assert_eq!(approvals, [false, false, false, true]);
+        assert_eq!(approvals, [false, false, false, false, true]);
     }
 
     #[test]
