@@ -158,6 +158,9 @@ pub async fn run(args: SafetyArgs) -> anyhow::Result<()> {
     if !(args.crash_rate > 0.0 && args.crash_rate.is_finite()) {
         anyhow::bail!("--crash-rate must be a positive number of crashes per device-hour");
     }
+    if let Some(devices) = args.devices.iter().find(|&&n| n < 100) {
+        anyhow::bail!("--devices: a fleet of {devices} is too small to stage; use at least 100");
+    }
     println!(
         "# drover bench rollout-safety: {}",
         crate::bench_download::machine_line()
@@ -183,11 +186,6 @@ pub async fn run(args: SafetyArgs) -> anyhow::Result<()> {
         "wall s"
     );
     for &devices in &args.devices {
-        if devices < 100 {
-            anyhow::bail!(
-                "--devices: a fleet of {devices} is too small to stage; use at least 100"
-            );
-        }
         for release in &releases {
             let runs = if release.name == "good" {
                 args.good_runs
