@@ -8,16 +8,16 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use drover_core::{DeviceId, Duration, GroupName};
+use clap::{Args, Subcommand, ValueEnum};
+use drover_core::{DeviceId, Duration};
 use drover_proto::jobs::{DiagAnswer, JobExecutionView, JobId, JobView};
-use drover_proto::target::Target;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::cli::client::{decode, http_error, param, Client, Params};
 use crate::cli::output::{self, emit, fields, or_dash, print_json, Table};
 use crate::cli::paging::{print_list, Paging};
+use crate::cli::target::TargetArgs;
 use crate::cli::{wire_name, CliError, ErrorKind};
 
 /// `drover jobs` subcommands.
@@ -86,7 +86,6 @@ pub enum JobStateArg {
 
 /// `drover jobs create`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["group", "query", "devices"])))]
 pub struct CreateArgs {
     /// What to do on each device.
     #[arg(long, value_enum)]
@@ -97,25 +96,8 @@ pub struct CreateArgs {
     /// A name for people [default: KIND TARGET].
     #[arg(long)]
     pub name: Option<String>,
-    /// Target: a static or dynamic group.
-    #[arg(long, value_name = "GROUP", help_heading = "Target (exactly one)")]
-    pub group: Option<GroupName>,
-    /// Target: the devices matching a fleet query (see docs/query-language.md).
-    #[arg(
-        short = 'q',
-        long,
-        value_name = "QUERY",
-        help_heading = "Target (exactly one)"
-    )]
-    pub query: Option<String>,
-    /// Target: device ids, comma-separated.
-    #[arg(
-        long,
-        value_name = "ID,…",
-        value_delimiter = ',',
-        help_heading = "Target (exactly one)"
-    )]
-    pub devices: Vec<DeviceId>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Most devices running the job at once [default: 10].
     #[arg(long, value_name = "N")]
     pub max_parallel: Option<u32>,
@@ -314,12 +296,7 @@ fn confirmed(device: &DeviceId) -> Result<bool, CliError> {
 
 /// The request body of `jobs create`: the flags given, nothing more (server defaults apply).
 fn create_body(args: &CreateArgs) -> Result<Value, CliError> {
-    let target = match (&args.group, &args.query) {
-        (Some(group), _) => Target::Group(group.clone()),
-        (None, Some(query)) => Target::Query(query.clone()),
-        (None, None) => Target::Devices(args.devices.clone()),
-    };
-    let mut body = json!({ "kind": wire_name(args.kind), "target": target });
+    let mut body = json!({ "kind": wire_name(args.kind), "target": args.target.target() });
     if let Some(payload) = &args.payload {
         let payload: Value = serde_json::from_str(payload)
             .map_err(|e| CliError::usage(format!("--payload is not valid JSON: {e}")))?;

@@ -44,6 +44,7 @@ pub mod paging;
 pub mod query;
 pub mod rollouts;
 pub mod shadow;
+pub mod target;
 
 use std::fmt;
 use std::process::ExitCode;

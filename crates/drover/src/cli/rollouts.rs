@@ -8,18 +8,17 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use drover_core::health::MetricName;
 use drover_core::rollout::canary::{CanaryReport, MetricEvidence};
 use drover_core::rollout::machine::Counts;
 use drover_core::rollout::spec::{FailureAction, RolloutSpec, Strategy};
 use drover_core::rollout::stats::Direction;
 use drover_core::rollout::window::MaintenanceWindow;
-use drover_core::{ArtifactName, DeviceId, Duration, GroupName, Timestamp, Version};
+use drover_core::{ArtifactName, Duration, Timestamp, Version};
 use drover_proto::rollouts::{
     RolloutCommandRequest, RolloutDecisionView, RolloutDeviceView, RolloutId, RolloutView,
 };
-use drover_proto::target::Target;
 use drover_proto::update::UpdateType;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -28,6 +27,7 @@ use crate::cli::artifacts::UpdateTypeArg;
 use crate::cli::client::{decode, param, Client, Params};
 use crate::cli::output::{self, emit, fields, or_dash, print_json, Table};
 use crate::cli::paging::{print_list, Paging};
+use crate::cli::target::TargetArgs;
 use crate::cli::{wire_name, CliError};
 
 /// Decisions `show` prints; `drover rollouts decisions` prints them all.
@@ -125,7 +125,6 @@ pub enum RolloutsCommand {
 
 /// `drover rollouts create`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["group", "query", "devices"])))]
 pub struct CreateArgs {
     /// The artifact to roll out.
     #[arg(long)]
@@ -141,25 +140,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "FILE.json")]
     pub spec: Option<PathBuf>,
 
-    /// Target: a static or dynamic group.
-    #[arg(long, value_name = "GROUP", help_heading = "Target (exactly one)")]
-    pub group: Option<GroupName>,
-    /// Target: the devices matching a fleet query (see docs/query-language.md).
-    #[arg(
-        short = 'q',
-        long,
-        value_name = "QUERY",
-        help_heading = "Target (exactly one)"
-    )]
-    pub query: Option<String>,
-    /// Target: device ids, comma-separated.
-    #[arg(
-        long,
-        value_name = "ID,…",
-        value_delimiter = ',',
-        help_heading = "Target (exactly one)"
-    )]
-    pub devices: Vec<DeviceId>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Cumulative percentages of the target, one per phase; the last must be 100
     /// [default: 1,2,5,25,100, soaking 30m, 3h, 30m, 30m]. Replaces the phases of --spec.
@@ -495,14 +477,7 @@ pub fn create_body(args: &CreateArgs, spec: Map<String, Value>) -> Result<Value,
         );
     }
 
-    let target = if let Some(group) = &args.group {
-        Target::Group(group.clone())
-    } else if let Some(query) = &args.query {
-        Target::Query(query.clone())
-    } else {
-        Target::Devices(args.devices.clone())
-    };
-    set(&mut body, &["target"], to_json(&target));
+    set(&mut body, &["target"], to_json(&args.target.target()));
     set(&mut body, &["artifact"], json!(args.artifact.as_str()));
     set(&mut body, &["version"], json!(args.version.to_string()));
     if let Some(name) = &args.name {
@@ -1130,6 +1105,7 @@ fn parse_metric(text: &str) -> Result<MetricArg, String> {
 mod tests {
     use clap::Parser;
     use drover_core::rollout::stats::Verdict;
+    use drover_proto::target::Target;
 
     use super::*;
 
