@@ -21,7 +21,7 @@ use crate::config::{Cli, Config, TransportKind};
 use crate::hook::ConfigHook;
 use crate::http::HttpTransport;
 use crate::metrics::{Collector, RSS_METRIC};
-use crate::mqtt::Link;
+use crate::mqtt::{Link, Pushes};
 use crate::random::{self, Rng};
 use crate::scheduler::{Action, Event, Failure, ScheduleOptions, Scheduler};
 use crate::shadow_thread::{ShadowThread, ShadowWorker};
@@ -191,8 +191,23 @@ impl Agent {
             _ => (None, None),
         };
         let updates = self.start_updates(&credential, offered);
-        // Dropped when this returns, which stops the job threads after their current long-poll.
-        let _jobs = crate::jobs::start(config, &credential, &mut rng);
+        // Over MQTT the server pushes job executions and diagnostics requests too.
+        let mut pushes = Pushes {
+            offers,
+            ..Pushes::default()
+        };
+        let pushed = match (&config.jobs, &config.transport) {
+            (Some(_), TransportKind::Mqtt(_)) => {
+                let (jobs_tx, jobs) = mpsc::channel();
+                let (diagnostics_tx, diagnostics) = mpsc::channel();
+                pushes.jobs = Some(jobs_tx);
+                pushes.diagnostics = Some(diagnostics_tx);
+                Some(crate::jobs::Pushed { jobs, diagnostics })
+            }
+            _ => None,
+        };
+        // Dropped when this returns, which stops the job threads after their current wait.
+        let _jobs = crate::jobs::start(config, &credential, &mut rng, pushed);
         let result = self.run_transport(
             &device_id,
             &credential,
@@ -201,7 +216,7 @@ impl Agent {
             signal,
             &signals,
             rng,
-            offers,
+            pushes,
         );
         if let Some((stop, thread)) = updates {
             drop(stop);
@@ -258,7 +273,7 @@ impl Agent {
         signal: Sender<Signal>,
         signals: &Receiver<Signal>,
         mut rng: Rng,
-        offers: Option<Sender<drover_proto::update::UpdateOffer>>,
+        pushes: Pushes,
     ) -> anyhow::Result<()> {
         let config = &self.config;
         let (device_id, credential) = (device_id.clone(), credential.clone());
@@ -284,7 +299,7 @@ impl Agent {
                     self.stats.clone(),
                     signal,
                     link_rng,
-                    offers,
+                    pushes,
                 );
                 let shadow_mqtt = link.shadow(config.request_timeout);
                 let shadow = self.start_shadow(&device_id, &credential, shadow_mqtt, &mut rng);

@@ -1,5 +1,7 @@
-//! Fleet jobs and remote diagnostics on the device: two threads, each long-polling the device API
-//! (`jobs/next`, `diagnostics/next`) over HTTP, whatever transport heartbeats use.
+//! Fleet jobs and remote diagnostics on the device: two threads that hear of work from the device
+//! API's long-polls (`jobs/next`, `diagnostics/next`) over HTTP, or, when the agent runs on MQTT,
+//! from what the server pushes on `jobs/notify` and `diag/request` (handed over by the MQTT link).
+//! Reports and answers go over HTTP either way, as update reports do.
 //!
 //! A job execution is carried out by kind: `reboot` reports success, then runs the reboot
 //! command; `config` needs nothing here (the shadow thread applies the desired state and the
@@ -45,8 +47,17 @@ pub struct Outcome {
 /// Starts the jobs and diagnostics threads; dropping the returned sender stops them after their
 /// current long-poll. They are not joined: a long-poll cannot be interrupted, and a stopping agent
 /// must not wait for one.
-pub fn start(config: &Config, credential: &Credential, rng: &mut Rng) -> Option<Sender<()>> {
+pub fn start(
+    config: &Config,
+    credential: &Credential,
+    rng: &mut Rng,
+    pushed: Option<Pushed>,
+) -> Option<Sender<()>> {
     let jobs = config.jobs.clone()?;
+    let (pushed_jobs, pushed_diagnostics) = match pushed {
+        Some(pushed) => (Some(pushed.jobs), Some(pushed.diagnostics)),
+        None => (None, None),
+    };
     let (stop, stopped) = mpsc::channel::<()>();
     let (forward, stopped_diag) = mpsc::channel::<()>();
     // One stop signal for both threads: the jobs thread passes the hang-up on.
@@ -63,6 +74,7 @@ pub fn start(config: &Config, credential: &Credential, rng: &mut Rng) -> Option<
             let _forward = forward;
             run_jobs(
                 &jobs_http,
+                pushed_jobs.as_ref(),
                 &config,
                 &jobs_config,
                 &credential_jobs,
@@ -79,6 +91,7 @@ pub fn start(config: &Config, credential: &Credential, rng: &mut Rng) -> Option<
         .spawn(move || {
             run_diagnostics(
                 &diag_http,
+                pushed_diagnostics.as_ref(),
                 &diag_config,
                 &jobs,
                 &credential_diag,
@@ -89,8 +102,35 @@ pub fn start(config: &Config, credential: &Credential, rng: &mut Rng) -> Option<
     Some(stop)
 }
 
+/// What the MQTT link hands the jobs threads.
+pub struct Pushed {
+    pub jobs: Receiver<JobOffer>,
+    pub diagnostics: Receiver<DiagCommand>,
+}
+
+/// The next piece of work: from the link when there is one (`None` after a quiet `POLL_WAIT`),
+/// otherwise from a long-poll of `path`. `Err(Unauthorized)` also stands for "the link is gone".
+fn next<T: serde::de::DeserializeOwned>(
+    pushed: Option<&Receiver<T>>,
+    http: &HttpTransport,
+    credential: &Credential,
+    path: &str,
+) -> Result<Option<T>, TransportError> {
+    match pushed {
+        Some(pushed) => match pushed.recv_timeout(POLL_WAIT) {
+            Ok(work) => Ok(Some(work)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(TransportError::Unauthorized("the MQTT link stopped".into()))
+            }
+        },
+        None => poll(http, credential, path),
+    }
+}
+
 fn run_jobs(
     http: &HttpTransport,
+    pushed: Option<&Receiver<JobOffer>>,
     config: &Config,
     jobs: &JobsConfig,
     credential: &Credential,
@@ -100,7 +140,7 @@ fn run_jobs(
     let mut backoff = Backoff::standard();
     let mut last: Option<(ExecutionId, u32)> = None;
     while !stopping(stop) {
-        let offer = match poll::<JobOffer>(http, credential, "jobs/next") {
+        let offer = match next(pushed, http, credential, "jobs/next") {
             Ok(offer) => {
                 backoff.reset();
                 offer
@@ -160,6 +200,7 @@ fn run_jobs(
 
 fn run_diagnostics(
     http: &HttpTransport,
+    pushed: Option<&Receiver<DiagCommand>>,
     config: &Config,
     jobs: &JobsConfig,
     credential: &Credential,
@@ -168,7 +209,7 @@ fn run_diagnostics(
 ) {
     let mut backoff = Backoff::standard();
     while !stopping(stop) {
-        let command = match poll::<DiagCommand>(http, credential, "diagnostics/next") {
+        let command = match next(pushed, http, credential, "diagnostics/next") {
             Ok(command) => {
                 backoff.reset();
                 command

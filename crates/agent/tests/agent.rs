@@ -726,6 +726,17 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_runs_job_commands_refuses_unknown_ones_and_answers_diagnostics() {
+    jobs_and_diagnostics(false).await;
+}
+
+/// Over MQTT the executions and requests arrive on `jobs/notify` and `diag/request`: the agent
+/// holds no HTTP long-poll for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_agent_gets_jobs_and_diagnostics_pushed_over_mqtt() {
+    jobs_and_diagnostics(true).await;
+}
+
+async fn jobs_and_diagnostics(mqtt: bool) {
     let dir = TempDir::new();
     let server = TestServer::start(&dir.path, "127.0.0.1:0".parse().unwrap()).await;
     let claim = server.claim().await;
@@ -740,7 +751,12 @@ async fn the_agent_runs_job_commands_refuses_unknown_ones_and_answers_diagnostic
         log_file.display(),
         script.display()
     );
-    let config = agent_config_with(&server.base, &state_dir, Some(&claim), &jobs);
+    let keys = if mqtt {
+        server.mqtt_keys() + &jobs
+    } else {
+        jobs
+    };
+    let config = agent_config_with(&server.base, &state_dir, Some(&claim), &keys);
     let agent = RunningAgent::spawn(config);
     eventually("a heartbeat", || count(&agent.stats.heartbeats_sent) >= 1).await;
     let device_id = device_id(&state_dir);

@@ -55,6 +55,15 @@ const MAX_PACKET: usize = (1 << 20) + 1024;
 /// Requests queued for the connection; publishes are few and small, so this never fills.
 const REQUEST_QUEUE: usize = 16;
 
+/// Where the link hands what the server pushes: update offers to the update thread, job
+/// executions and diagnostics requests to the jobs threads. `None` drops them (the feature is off).
+#[derive(Debug, Default)]
+pub struct Pushes {
+    pub offers: Option<Sender<drover_proto::update::UpdateOffer>>,
+    pub jobs: Option<Sender<drover_proto::jobs::JobOffer>>,
+    pub diagnostics: Option<Sender<drover_proto::jobs::DiagCommand>>,
+}
+
 /// The connection and its thread.
 pub struct Link {
     client: Client,
@@ -80,7 +89,7 @@ impl Link {
         stats: Arc<Stats>,
         signals: Sender<Signal>,
         rng: Rng,
-        offers: Option<Sender<drover_proto::update::UpdateOffer>>,
+        pushes: Pushes,
     ) -> Link {
         let mut options = MqttOptions::new(device.as_str(), &address.host, address.port);
         options
@@ -103,8 +112,9 @@ impl Link {
             stop: stopped,
             backoff: Backoff::standard(),
             rng,
-            offers,
+            pushes,
             offers_get: drover_proto::mqtt::deployments_get(device),
+            jobs_get: drover_proto::mqtt::jobs_get(device),
         };
         let handle = std::thread::Builder::new()
             .name("mqtt".into())
@@ -233,11 +243,12 @@ struct LinkThread {
     stop: Receiver<()>,
     backoff: Backoff,
     rng: Rng,
-    /// Where offers pushed by the server go (the update thread), when updates are enabled.
-    offers: Option<Sender<drover_proto::update::UpdateOffer>>,
-    /// `drover/{id}/deployments/get`, published after each connect to catch an offer made while
-    /// the device was away.
+    /// Where what the server pushes goes.
+    pushes: Pushes,
+    /// `drover/{id}/deployments/get` and `…/jobs/get`, published after each connect to catch an
+    /// offer or a job execution started while the device was away.
     offers_get: String,
+    jobs_get: String,
 }
 
 impl LinkThread {
@@ -280,13 +291,18 @@ impl LinkThread {
                 self.stats.mqtt_connects.store(epoch, Ordering::SeqCst);
                 info!("connected to the MQTT broker {}", self.broker);
                 let _ = self.signals.send(Signal::Connected);
-                if self.offers.is_some() {
-                    let topic = self.offers_get.clone();
+                for (wanted, topic) in [
+                    (self.pushes.offers.is_some(), &self.offers_get),
+                    (self.pushes.jobs.is_some(), &self.jobs_get),
+                ] {
+                    if !wanted {
+                        continue;
+                    }
                     if let Err(e) =
                         self.client
-                            .try_publish(topic, QoS::AtLeastOnce, false, Vec::new())
+                            .try_publish(topic.clone(), QoS::AtLeastOnce, false, Vec::new())
                     {
-                        debug!("cannot ask for the current update offer: {e}");
+                        debug!("cannot ask {topic} for what is pending: {e}");
                     }
                 }
             }
@@ -329,11 +345,23 @@ impl LinkThread {
             }
             Notice::Unreadable { topic, error } => warn!("unreadable message on {topic}: {error}"),
             Notice::Unexpected { topic } => debug!("ignoring a message on {topic}"),
-            Notice::Offer(offer) => match &self.offers {
+            Notice::Offer(offer) => match &self.pushes.offers {
                 Some(offers) => {
                     let _ = offers.send(*offer);
                 }
                 None => debug!("ignoring an update offer: updates are not enabled"),
+            },
+            Notice::Job(offer) => match &self.pushes.jobs {
+                Some(jobs) => {
+                    let _ = jobs.send(*offer);
+                }
+                None => debug!("ignoring a job offer: jobs are not enabled"),
+            },
+            Notice::Diagnostics(command) => match &self.pushes.diagnostics {
+                Some(diagnostics) => {
+                    let _ = diagnostics.send(*command);
+                }
+                None => debug!("ignoring a diagnostics request: jobs are not enabled"),
             },
         }
     }

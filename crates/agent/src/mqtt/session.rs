@@ -83,6 +83,10 @@ pub enum Notice {
     Unexpected { topic: String },
     /// `drover/{id}/deployments/next`: an update to install (for the update thread).
     Offer(Box<drover_proto::update::UpdateOffer>),
+    /// `drover/{id}/jobs/notify`: a job execution to run (for the jobs thread).
+    Job(Box<drover_proto::jobs::JobOffer>),
+    /// `drover/{id}/diag/request`: a diagnostics request to answer (for the diagnostics thread).
+    Diagnostics(Box<drover_proto::jobs::DiagCommand>),
 }
 
 /// How a heartbeat publish ended, if not with its PUBACK.
@@ -304,6 +308,20 @@ impl Session {
                 Ok(offer) => vec![Notice::Offer(Box::new(offer))],
                 Err(notice) => vec![notice],
             };
+        } else if topic == topics.jobs {
+            // An empty payload answers `jobs/get` when there is nothing to run.
+            if payload.is_empty() {
+                return vec![];
+            }
+            return match parse(topic, payload) {
+                Ok(offer) => vec![Notice::Job(Box::new(offer))],
+                Err(notice) => vec![notice],
+            };
+        } else if topic == topics.diagnostics {
+            return match parse(topic, payload) {
+                Ok(command) => vec![Notice::Diagnostics(Box::new(command))],
+                Err(notice) => vec![notice],
+            };
         } else if topic == topics.rejected {
             return match parse(topic, payload) {
                 Ok(rejection) => vec![Notice::Rejected(rejection)],
@@ -363,6 +381,8 @@ struct Topics {
     update_rejected: String,
     delta: String,
     offers: String,
+    jobs: String,
+    diagnostics: String,
 }
 
 impl Topics {
@@ -379,13 +399,15 @@ impl Topics {
             update_rejected: topic::shadow_update_result(device, None, false),
             delta: topic::shadow_delta(device, None),
             offers: topic::deployments_next(device),
+            jobs: topic::jobs_notify(device),
+            diagnostics: topic::diag_request(device),
         }
     }
 
     /// The topics the server answers on, subscribed one by one: never the topics the agent
     /// publishes to (it would hear its own messages), and no wildcards, so every topic comes from
     /// `drover_proto::mqtt`.
-    fn answers(&self) -> [&str; 8] {
+    fn answers(&self) -> [&str; 10] {
         [
             &self.heartbeat_rejected,
             &self.rejected,
@@ -395,6 +417,8 @@ impl Topics {
             &self.update_rejected,
             &self.delta,
             &self.offers,
+            &self.jobs,
+            &self.diagnostics,
         ]
     }
 
@@ -427,8 +451,8 @@ mod tests {
     fn ready(session: &mut Session) {
         let connack = ConnAck::new(ConnectReturnCode::Success, false);
         let notices = session.on_event(&Event::Incoming(Packet::ConnAck(connack)));
-        assert!(matches!(&notices[..], [Notice::Subscribe(filters)] if filters.len() == 8));
-        let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 7];
+        assert!(matches!(&notices[..], [Notice::Subscribe(filters)] if filters.len() == 10));
+        let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 10];
         let suback = SubAck::new(1, codes);
         session.on_event(&Event::Incoming(Packet::SubAck(suback)));
     }
@@ -467,10 +491,12 @@ mod tests {
                 "drover/dev-1/shadow/update/rejected",
                 "drover/dev-1/shadow/update/delta",
                 "drover/dev-1/deployments/next",
+                "drover/dev-1/jobs/notify",
+                "drover/dev-1/diag/request",
             ]
         );
         assert!(s.begin_heartbeat(1).is_err(), "not before the SUBACK");
-        let mut codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 8];
+        let mut codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); 10];
         codes[6] = SubscribeReasonCode::Failure;
         let notices = s.on_event(&Event::Incoming(Packet::SubAck(SubAck::new(1, codes))));
         let [Notice::Ready { epoch: 1 }, Notice::SubscriptionsRefused(refused)] = &notices[..]
@@ -608,5 +634,56 @@ mod tests {
             n_kept += 1;
         }
         assert_eq!(n_kept, MAX_INBOX);
+    }
+
+    #[test]
+    fn job_executions_and_diagnostics_requests_are_handed_on() {
+        use drover_proto::jobs::{DiagAction, DiagCommand, ExecutionId, JobId, JobKind, JobOffer};
+        let mut s = session();
+        ready(&mut s);
+        let deadline = drover_core::Timestamp::from_millis(1_800_000_000_000);
+        let offer = JobOffer {
+            job_id: JobId(3),
+            execution_id: ExecutionId(9),
+            attempt: 1,
+            kind: JobKind::Reboot,
+            payload: None,
+            deadline,
+        };
+        let notices = s.on_event(&incoming(
+            "drover/dev-1/jobs/notify",
+            serde_json::to_value(&offer).unwrap(),
+        ));
+        assert!(
+            matches!(&notices[..], [Notice::Job(got)] if **got == offer),
+            "{notices:?}"
+        );
+        // The answer to `jobs/get` when nothing is pending.
+        let empty = Publish::new("drover/dev-1/jobs/notify", QoS::AtLeastOnce, Vec::new());
+        assert!(s
+            .on_event(&Event::Incoming(Packet::Publish(empty)))
+            .is_empty());
+        let command = DiagCommand {
+            request_id: "diag-1".into(),
+            action: DiagAction::Ping,
+            lines: None,
+            deadline,
+        };
+        let notices = s.on_event(&incoming(
+            "drover/dev-1/diag/request",
+            serde_json::to_value(&command).unwrap(),
+        ));
+        assert!(
+            matches!(&notices[..], [Notice::Diagnostics(got)] if **got == command),
+            "{notices:?}"
+        );
+        let notices = s.on_event(&incoming(
+            "drover/dev-1/diag/request",
+            json!({"nonsense": 1}),
+        ));
+        assert!(
+            matches!(&notices[..], [Notice::Unreadable { .. }]),
+            "{notices:?}"
+        );
     }
 }
