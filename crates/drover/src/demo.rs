@@ -93,6 +93,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.devices
         );
     }
+    let needed = 3 * args.devices as u64 + 500;
+    let limit = raise_open_file_limit(needed);
+    if limit < needed {
+        bail!(
+            "{} devices need about {needed} open files in this process (both ends of each connection) but the limit is {limit}; raise it with `ulimit -n {needed}` or run fewer --devices",
+            thousands(args.devices as u64)
+        );
+    }
     let soak = drover_core::Duration::parse(&args.soak)
         .map_err(|e| anyhow::anyhow!("--soak {:?}: {e}", args.soak))?;
     if soak.as_millis() < 5_000 {
@@ -530,6 +538,32 @@ fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create --data-dir {}", dir.display()))
+}
+
+/// Raises this process's soft limit on open files towards `wanted` (at most the hard limit) and
+/// returns the limit now in force. Server and devices share the process, so each connection holds
+/// two descriptors; many systems start processes at 1,024.
+fn raise_open_file_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return u64::MAX;
+        }
+        if (limit.rlim_cur as u64) < wanted {
+            let raised = libc::rlimit {
+                rlim_cur: (wanted as libc::rlim_t).min(limit.rlim_max),
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur as u64
 }
 
 fn fleet_ended(
