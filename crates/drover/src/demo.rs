@@ -251,9 +251,9 @@ impl Demo {
     /// versions.
     async fn narrate(mut self) -> anyhow::Result<()> {
         let n = self.n_devices as u64;
-        self.out.say(&format!(
-            "1. Bringing the fleet online at 60× speed-up (a 5-minute heartbeat every 5 s; half MQTT, half HTTP)"
-        ));
+        self.out.say(
+            "1. Bringing the fleet online at 60× speed-up (a 5-minute heartbeat every 5 s; half MQTT, half HTTP)",
+        );
         let timeout = Duration::from_secs(60) + Duration::from_millis(40 * n);
         let deadline = Instant::now() + timeout;
         loop {
@@ -349,9 +349,9 @@ impl Demo {
         ));
         self.out.say("");
 
-        self.out.say(&format!(
-            "4. Firmware across the fleet (the server's registry: GET /api/v1/devices/count?q=firmware = …)"
-        ));
+        self.out.say(
+            "4. Firmware across the fleet (the server's registry: GET /api/v1/devices/count?q=firmware = …)",
+        );
         let total = self
             .api
             .count(&format!("device_type = {DEVICE_TYPE}"))
