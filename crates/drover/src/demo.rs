@@ -548,6 +548,8 @@ fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Raises this process's soft limit on open files towards `wanted` (at most the hard limit) and
 /// returns the limit now in force. Server and devices share the process, so each connection holds
 /// two descriptors; many systems start processes at 1,024.
+// `rlim_t` is not `u64` on every platform.
+#[allow(clippy::unnecessary_cast)]
 fn raise_open_file_limit(wanted: u64) -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -760,7 +762,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut text = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             text.push(',');
         }
         text.push(c);
