@@ -5,6 +5,8 @@
 //! - [`serve`]: configuration (defaults, TOML file, environment, flags) and running the server.
 //! - [`bench`]: `drover bench`, reproducible benchmarks against a real server.
 //! - [`sim`]: `drover sim`, a simulated fleet (crate `drover-sim`) against a server.
+//! - [`demo`]: `drover demo`, a server, releases and a simulated fleet in one process, narrating
+//!   a bad rollout rolled back and a good one completed.
 //! - [`cli`]: admin subcommands (devices, groups, claims, tokens, audit), output and exit codes.
 
 pub mod bench;
@@ -15,6 +17,7 @@ mod bench_mqtt;
 mod bench_rollout_safety;
 mod bench_rollout_scale;
 pub mod cli;
+pub mod demo;
 pub mod serve;
 pub mod sim;
 
@@ -43,6 +46,9 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Run a simulated fleet (a scenario file) against a server, over the real device APIs.
     Sim(sim::SimArgs),
+    /// Show what Drover does: a server, three releases and a simulated fleet in this process, with
+    /// a bad rollout caught and rolled back and a good one completed, narrated.
+    Demo(demo::DemoArgs),
     #[command(flatten)]
     Admin(cli::AdminCommand),
 }
@@ -68,6 +74,7 @@ pub fn main() -> ExitCode {
             let client = args.client;
             finish(runtime.block_on(sim::run(sim_args, client.server, client.token, client.json)))
         }
+        Command::Demo(demo_args) => finish(runtime.block_on(demo::run(demo_args))),
         Command::Admin(command) => runtime.block_on(cli::run(args.client, command)),
     }
 }

@@ -1322,3 +1322,99 @@ async fn jobs_are_created_shown_and_canceled_and_diag_prints_answers_or_timeouts
     assert_eq!(device.await.unwrap()["action"], "reboot");
     app.stop().await;
 }
+
+/// The number of devices on `version` in the demo's final distribution (`   v2.3.1  [###…] 98/100`).
+fn demo_count(stdout: &str, version: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with(&format!("v{version}  [")))
+        .unwrap_or_else(|| panic!("no distribution line for v{version} in:\n{stdout}"));
+    let counts = line.rsplit(' ').next().unwrap().replace(',', "");
+    let (count, total) = counts.split_once('/').unwrap();
+    (count.parse().unwrap(), total.parse().unwrap())
+}
+
+#[tokio::test]
+async fn drover_demo_rolls_back_the_bad_release_and_completes_the_fix() {
+    let run = run_drover(
+        "http://127.0.0.1:9",
+        None,
+        &[
+            "demo",
+            "--devices",
+            "100",
+            "--soak",
+            "10s",
+            "--exit-when-done",
+        ],
+    )
+    .await;
+    let stdout = &run.stdout;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(stdout.contains("export DROVER_TOKEN=drv_op_"), "{stdout}");
+    assert!(
+        stdout.contains("export DROVER_SERVER=http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("v2.2.0 runs on all 100 devices."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("phase 1 failed its canary gate: battery_ma fail"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Gate evidence: battery_ma fail (+"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("devices reverted to v2.2.0."), "{stdout}");
+    assert!(stdout.contains("phase 1 passed its gate: all"), "{stdout}");
+    assert!(stdout.contains("devices updated to v2.3.1."), "{stdout}");
+    assert!(stdout.contains("total   100 devices"), "{stdout}");
+    let (fixed, total) = demo_count(stdout, "2.3.1");
+    let (bad, _) = demo_count(stdout, "2.3.0");
+    let (old, _) = demo_count(stdout, "2.2.0");
+    assert_eq!(total, 100, "{stdout}");
+    assert_eq!(fixed + bad + old, total, "{stdout}");
+    assert!(fixed >= 90, "{stdout}");
+}
+
+#[tokio::test]
+async fn drover_demo_refuses_an_empty_fleet_and_a_data_dir_that_is_a_file() {
+    let dir = TempDir::new();
+    let file = dir.path.join("file");
+    std::fs::write(&file, "x").unwrap();
+    let file = file.to_str().unwrap();
+
+    let run = run_drover("http://127.0.0.1:9", None, &["demo", "--devices", "0"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("--devices must be between 50 and"),
+        "{}",
+        run.stderr
+    );
+
+    let run = run_drover("http://127.0.0.1:9", None, &["demo", "--data-dir", file]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("--data-dir {file} is not a directory")),
+        "{}",
+        run.stderr
+    );
+
+    let full = dir.path.to_str().unwrap();
+    let run = run_drover("http://127.0.0.1:9", None, &["demo", "--data-dir", full]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("is not empty"), "{}", run.stderr);
+
+    let run = run_drover("http://127.0.0.1:9", None, &["demo", "--soak", "1s"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("--soak must be at least 5s"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
