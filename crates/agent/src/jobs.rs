@@ -128,6 +128,38 @@ fn next<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Waits for the next piece of work from [`next`], through quiet polls and, after a transport
+/// error, the agent's backoff; `None` when the thread must stop (asked to, the credential was
+/// refused, or the MQTT link is gone).
+fn next_work<T: serde::de::DeserializeOwned>(
+    pushed: Option<&Receiver<T>>,
+    http: &HttpTransport,
+    credential: &Credential,
+    path: &str,
+    backoff: &mut Backoff,
+    rng: &mut Rng,
+    stop: &Receiver<()>,
+) -> Option<T> {
+    while !stopping(stop) {
+        match next(pushed, http, credential, path) {
+            Ok(Some(work)) => {
+                backoff.reset();
+                return Some(work);
+            }
+            Ok(None) => backoff.reset(),
+            Err(TransportError::Unauthorized(_)) => return None,
+            Err(e) => {
+                let delay = backoff.on_failure(rng, None);
+                debug!("{path}: {e}; retrying in {:.1} s", delay.as_secs_f64());
+                if wait(stop, delay) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
 fn run_jobs(
     http: &HttpTransport,
     pushed: Option<&Receiver<JobOffer>>,
@@ -139,23 +171,15 @@ fn run_jobs(
 ) {
     let mut backoff = Backoff::standard();
     let mut last: Option<(ExecutionId, u32)> = None;
-    while !stopping(stop) {
-        let offer = match next(pushed, http, credential, "jobs/next") {
-            Ok(offer) => {
-                backoff.reset();
-                offer
-            }
-            Err(TransportError::Unauthorized(_)) => return,
-            Err(e) => {
-                let delay = backoff.on_failure(&mut rng, None);
-                debug!("jobs: {e}; retrying in {:.1} s", delay.as_secs_f64());
-                if wait(stop, delay) {
-                    return;
-                }
-                continue;
-            }
-        };
-        let Some(offer) = offer else { continue };
+    while let Some(offer) = next_work(
+        pushed,
+        http,
+        credential,
+        "jobs/next",
+        &mut backoff,
+        &mut rng,
+        stop,
+    ) {
         if last == Some((offer.execution_id, offer.attempt)) {
             // Already handled (a config job converging, or a report that did not arrive): look
             // again in a moment rather than spin.
@@ -208,23 +232,15 @@ fn run_diagnostics(
     stop: &Receiver<()>,
 ) {
     let mut backoff = Backoff::standard();
-    while !stopping(stop) {
-        let command = match next(pushed, http, credential, "diagnostics/next") {
-            Ok(command) => {
-                backoff.reset();
-                command
-            }
-            Err(TransportError::Unauthorized(_)) => return,
-            Err(e) => {
-                let delay = backoff.on_failure(&mut rng, None);
-                debug!("diagnostics: {e}; retrying in {:.1} s", delay.as_secs_f64());
-                if wait(stop, delay) {
-                    return;
-                }
-                continue;
-            }
-        };
-        let Some(command) = command else { continue };
+    while let Some(command) = next_work(
+        pushed,
+        http,
+        credential,
+        "diagnostics/next",
+        &mut backoff,
+        &mut rng,
+        stop,
+    ) {
         info!(
             "diagnostics request {}: {}",
             command.request_id,

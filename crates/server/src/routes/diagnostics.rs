@@ -12,7 +12,7 @@ use std::time::Duration as StdDuration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use drover_core::{DeviceId, Duration};
 use drover_proto::auth::Role;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, DeviceAuth, Operator};
 use crate::routes::devices::device_id;
-use crate::routes::jobs::{wait_deadline, WaitParams, RECHECK};
+use crate::routes::jobs::{long_poll, WaitParams, RECHECK};
 use crate::wake::WakeKey;
 use crate::{now, AppState};
 
@@ -175,23 +175,13 @@ pub async fn device_next(
     DeviceAuth(device): DeviceAuth,
     ApiQuery(params): ApiQuery<WaitParams>,
 ) -> Result<Response, ApiError> {
-    let deadline = wait_deadline(params.wait)?;
-    let mut waiter = state.wakes.subscribe(WakeKey::Diag(device.id.clone()));
-    loop {
-        if let Some(command) = state.store.next_diag_request(&device.id, now()).await? {
-            return Ok(Json(command).into_response());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        }
-        tokio::select! {
-            woken = waiter.woken() => if !woken {
-                return Ok(StatusCode::NO_CONTENT.into_response());
-            },
-            () = tokio::time::sleep(left.min(RECHECK)) => {}
-        }
-    }
+    long_poll(
+        &state,
+        WakeKey::Diag(device.id.clone()),
+        params.wait,
+        || state.store.next_diag_request(&device.id, now()),
+    )
+    .await
 }
 
 /// Answers a diagnostics request: `{"result": …}` or `{"error": "…"}`.

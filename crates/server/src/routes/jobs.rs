@@ -201,23 +201,10 @@ pub async fn device_next(
     DeviceAuth(device): DeviceAuth,
     ApiQuery(params): ApiQuery<WaitParams>,
 ) -> Result<Response, ApiError> {
-    let deadline = wait_deadline(params.wait)?;
-    let mut waiter = state.wakes.subscribe(WakeKey::Job(device.id.clone()));
-    loop {
-        if let Some(offer) = state.store.next_job(&device.id).await? {
-            return Ok(Json(offer).into_response());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        }
-        tokio::select! {
-            woken = waiter.woken() => if !woken {
-                return Ok(StatusCode::NO_CONTENT.into_response());
-            },
-            () = tokio::time::sleep(left.min(RECHECK)) => {}
-        }
-    }
+    long_poll(&state, WakeKey::Job(device.id.clone()), params.wait, || {
+        state.store.next_job(&device.id)
+    })
+    .await
 }
 
 /// Reports on one of this device's executions: `in_progress`, `succeeded`, `failed` (tried
@@ -290,7 +277,40 @@ pub(crate) async fn record_report(
 // ---- helpers ------------------------------------------------------------------------------------
 
 /// When a long-poll with `?wait=` gives up.
-pub(crate) fn wait_deadline(wait: Option<u64>) -> Result<Instant, ApiError> {
+/// A device's long-poll: answers `next()`'s work at once if there is some, otherwise waits up to
+/// `wait` seconds for a wake-up on `key` (or re-reads every `RECHECK`, for other replicas), and
+/// answers 204 when the time is up or the server is stopping.
+pub(crate) async fn long_poll<T, F, Fut>(
+    state: &AppState,
+    key: WakeKey,
+    wait: Option<u64>,
+    mut next: F,
+) -> Result<Response, ApiError>
+where
+    T: serde::Serialize,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, drover_store::StoreError>>,
+{
+    let deadline = wait_deadline(wait)?;
+    let mut waiter = state.wakes.subscribe(key);
+    loop {
+        if let Some(work) = next().await? {
+            return Ok(Json(work).into_response());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            woken = waiter.woken() => if !woken {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            },
+            () = tokio::time::sleep(left.min(RECHECK)) => {}
+        }
+    }
+}
+
+fn wait_deadline(wait: Option<u64>) -> Result<Instant, ApiError> {
     let wait = wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::bad_request(format!(
