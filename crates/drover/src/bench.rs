@@ -81,6 +81,39 @@ pub const EXAMPLE_QUERY: &str = r#"tags.env = prod AND firmware < 2.3.0 AND hw_r
 
 pub(crate) const BENCH_TOKEN: &str = "drv_bench_admin_token_0000000000";
 
+/// Uploads `image` as the artifact `metadata` describes (`POST /api/v1/artifacts`, multipart) with
+/// the operator `token`; returns the artifact view, or an error with the server's answer.
+pub(crate) async fn upload_artifact(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    metadata: &Value,
+    image: reqwest::multipart::Part,
+) -> anyhow::Result<Value> {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "metadata",
+            reqwest::multipart::Part::text(metadata.to_string()).mime_str("application/json")?,
+        )
+        .part("image", image);
+    let response = http
+        .post(format!("{base}/api/v1/artifacts"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .context("POST /api/v1/artifacts")?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .context("reading the upload's answer")?;
+    if !status.is_success() {
+        bail!("upload failed: {status} {text}");
+    }
+    serde_json::from_str(&text).context("the upload's answer is not JSON")
+}
+
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Registry(args) => registry(args).await,

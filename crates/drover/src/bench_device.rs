@@ -525,28 +525,8 @@ async fn upload_artifact(http: &reqwest::Client, base: &str) -> anyhow::Result<(
     let image: Vec<u8> = (0..64 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "metadata",
-            reqwest::multipart::Part::text(metadata.to_string()).mime_str("application/json")?,
-        )
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(image).file_name("firmware.img"),
-        );
-    let response = http
-        .post(format!("{base}/api/v1/artifacts"))
-        .bearer_auth(BENCH_TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .context("upload")?;
-    let status = response.status();
-    ensure!(
-        status.is_success(),
-        "upload failed: {status} {}",
-        response.text().await?
-    );
+    let image = reqwest::multipart::Part::bytes(image).file_name("firmware.img");
+    crate::bench::upload_artifact(http, base, BENCH_TOKEN, &metadata, image).await?;
     Ok(())
 }
 

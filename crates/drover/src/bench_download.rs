@@ -411,29 +411,9 @@ async fn upload(
 ) -> anyhow::Result<Value> {
     let metadata = json!({ "name": "bench-fw", "version": "2.0.0", "device_types": ["bench"] });
     let file = tokio::fs::File::open(image).await?;
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "metadata",
-            reqwest::multipart::Part::text(metadata.to_string()).mime_str("application/json")?,
-        )
-        .part(
-            "image",
-            reqwest::multipart::Part::stream_with_length(reqwest::Body::from(file), size)
-                .file_name("firmware.img"),
-        );
-    let response = http
-        .post(format!("{base}/api/v1/artifacts"))
-        .bearer_auth(BENCH_TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .context("upload")?;
-    let status = response.status();
-    let view: Value = response.json().await.context("upload answer is not JSON")?;
-    if !status.is_success() {
-        bail!("upload failed: {status} {view}");
-    }
-    Ok(view)
+    let image = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(file), size)
+        .file_name("firmware.img");
+    crate::bench::upload_artifact(http, base, BENCH_TOKEN, &metadata, image).await
 }
 
 /// Registers device `bench-dl-1` with a credential and deploys the artifact to it; returns the

@@ -257,28 +257,8 @@ async fn check(store: &Store, id: RolloutId) -> anyhow::Result<()> {
 
 async fn upload(http: &reqwest::Client, base: &str) -> anyhow::Result<Value> {
     let metadata = json!({ "name": "meter-fw", "version": "9.0.0", "device_types": ["meter"] });
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "metadata",
-            reqwest::multipart::Part::text(metadata.to_string()).mime_str("application/json")?,
-        )
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(vec![7u8; 64 << 10]).file_name("firmware.img"),
-        );
-    let response = http
-        .post(format!("{base}/api/v1/artifacts"))
-        .bearer_auth(BENCH_TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .context("upload")?;
-    let status = response.status();
-    let view: Value = response.json().await?;
-    if !status.is_success() {
-        bail!("upload failed: {status} {view}");
-    }
-    Ok(view)
+    let image = reqwest::multipart::Part::bytes(vec![7u8; 64 << 10]).file_name("firmware.img");
+    crate::bench::upload_artifact(http, base, BENCH_TOKEN, &metadata, image).await
 }
 
 /// Runs `op` once; returns its result, wall time and this process's CPU time.

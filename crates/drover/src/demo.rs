@@ -640,26 +640,9 @@ impl Api {
     async fn upload(&self, version: &str) -> anyhow::Result<()> {
         let metadata =
             json!({ "name": ARTIFACT, "version": version, "device_types": [DEVICE_TYPE] });
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "metadata",
-                reqwest::multipart::Part::text(metadata.to_string())
-                    .mime_str("application/json")?,
-            )
-            .part(
-                "image",
-                reqwest::multipart::Part::bytes(random_image(64 << 10))
-                    .file_name(format!("{ARTIFACT}-{version}.img")),
-            );
-        let response = self
-            .http
-            .post(format!("{}/api/v1/artifacts", self.base))
-            .bearer_auth(&self.token)
-            .multipart(form)
-            .send()
-            .await
-            .context("POST /api/v1/artifacts")?;
-        answer(response, "/api/v1/artifacts")
+        let image = reqwest::multipart::Part::bytes(random_image(64 << 10))
+            .file_name(format!("{ARTIFACT}-{version}.img"));
+        crate::bench::upload_artifact(&self.http, &self.base, &self.token, &metadata, image)
             .await
             .with_context(|| format!("cannot upload {ARTIFACT} {version}"))?;
         Ok(())
