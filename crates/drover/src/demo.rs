@@ -144,11 +144,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         thousands(n as u64)
     );
     println!();
-    println!("  Server   {base}   (the dashboard will live here)");
-    println!("  MQTT     mqtt://{mqtt_addr}");
+    println!("  Dashboard  {base}/");
+    println!("  Token      {token}   (paste it into the dashboard's login)");
+    println!("  MQTT       mqtt://{mqtt_addr}");
     match &args.data_dir {
-        Some(dir) => println!("  Data     {}", dir.display()),
-        None => println!("  Data     {} (removed on exit)", data_dir.display()),
+        Some(dir) => println!("  Data       {}", dir.display()),
+        None => println!("  Data       {} (removed on exit)", data_dir.display()),
     }
     println!();
     println!("  Explore with the CLI in another terminal:");
@@ -217,7 +218,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 Ok(())
             } else {
                 println!(
-                    "The server and the fleet keep running at {base} for exploration (see the exports above); Ctrl-C stops them."
+                    "The server and the fleet keep running for exploration: open {base}/ (rollouts, versions, devices) or use the CLI exports above; Ctrl-C stops them."
                 );
                 let _ = std::io::stdout().flush();
                 tokio::select! {

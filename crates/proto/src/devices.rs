@@ -296,6 +296,17 @@ pub struct HealthView {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// One raw heartbeat sample, as `GET /api/v1/devices/{id}/health/samples` lists them (oldest
+/// first) for a device's health charts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthSampleView {
+    /// When the readings were taken (device clock, bounded by the receive time).
+    #[schema(value_type = String, format = DateTime)]
+    pub observed_at: Timestamp,
+    /// Metric name to value (`battery_mv`, `current_ma`, `temp_c`, …).
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// `GET /api/v1/health/rollups`: how one metric behaved on the devices running one firmware
 /// version, bucket by bucket. Built from the rollups heartbeat ingest keeps per firmware, metric
 /// and time bucket, so it covers any window without the raw samples (which are pruned).

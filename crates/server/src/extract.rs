@@ -136,9 +136,20 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?.ok_or_else(|| {
-            ApiError::unauthorized("missing API token: send `Authorization: Bearer <token>`")
-        })?;
+        let token = match bearer(parts)? {
+            Some(token) => token,
+            None => match crate::ui::session_cookie(&parts.headers) {
+                Some(session) => {
+                    crate::ui::check_csrf(parts)?;
+                    session
+                }
+                None => {
+                    return Err(ApiError::unauthorized(
+                        "missing API token: send `Authorization: Bearer <token>` (or log in to the dashboard)",
+                    ))
+                }
+            },
+        };
         let now = crate::now();
         let auth = state.store.authenticate_token(token, now).await?;
         state.note_token_use(&auth, now);

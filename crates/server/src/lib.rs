@@ -19,6 +19,7 @@
 //! - [`mqtt`]: the MQTT device API: embedded broker or external-broker client, one message handler.
 //! - `metrics`: Prometheus metrics and the request-metrics middleware.
 //! - `openapi`: the OpenAPI 3 document generated from the handlers' annotations.
+//! - [`ui`]: the web dashboard: its files (compiled in from `ui/`), login for a session cookie, logout.
 
 pub mod config;
 mod error;
@@ -35,6 +36,7 @@ mod routes;
 pub mod shadow_hub;
 pub mod storage;
 pub mod tuf_repo;
+pub mod ui;
 mod wake;
 
 use std::collections::HashMap;

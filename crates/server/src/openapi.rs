@@ -15,7 +15,7 @@ use crate::routes::{
     paths(
         devices::list, devices::count, devices::create, devices::get, devices::update, devices::delete,
         devices::decommission, devices::accept, devices::reject, devices::rotate_credential,
-        devices::revoke_credentials, devices::groups, devices::health, devices::connectivity, devices::bulk_update, devices::import,
+        devices::revoke_credentials, devices::groups, devices::health, devices::health_samples, devices::connectivity, devices::bulk_update, devices::import,
         health::rollups,
         groups::list, groups::create, groups::get, groups::update, groups::delete, groups::devices,
         groups::add_members, groups::remove_members,

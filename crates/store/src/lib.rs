@@ -48,7 +48,7 @@ pub use ops::deployments::Offer;
 pub use ops::devices::{ImportMsg, ImportRow};
 pub use ops::diagnostics::{AnswerOutcome, Confirmation, DiagState};
 pub use ops::health::{
-    CohortRollup, ConnectivityChange, DeviceHealth, HeartbeatRecord, IngestOptions,
+    CohortRollup, ConnectivityChange, DeviceHealth, HealthSample, HeartbeatRecord, IngestOptions,
 };
 pub use ops::jobs::{JobTickOutcome, ReportOutcome as JobReportOutcome};
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
@@ -1210,6 +1210,17 @@ impl Store {
         with_db!(self, read, |db| ops::health::latest(db, &id).await)
     }
 
+    /// A device's raw heartbeat samples since `since`, oldest first (the newest `limit` of them).
+    pub async fn health_samples(
+        &self,
+        id: &DeviceId,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<HealthSample>, StoreError> {
+        let id = id.clone();
+        with_db!(self, read, |db| ops::health::samples(db, &id, since, limit).await)
+    }
+
     /// Rollups of one metric for one firmware version over `[from, to)`.
     pub async fn cohort_rollups(
         &self,
@@ -1379,6 +1390,20 @@ impl Store {
     }
 
     /// Checks an operator token secret; returns who it belongs to, or why it is refused.
+    /// Ends a web session by revoking its token, even when it is the last admin token.
+    pub async fn end_session(
+        &self,
+        actor: &Actor,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<TokenView, StoreError> {
+        let (actor, id) = (actor.clone(), id.to_owned());
+        with_db!(self, write, |db| ops::auth::end_session(
+            db, &actor, &id, now
+        )
+        .await)
+    }
+
     pub async fn authenticate_token(
         &self,
         secret: &str,

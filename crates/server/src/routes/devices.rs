@@ -8,8 +8,8 @@ use drover_core::DeviceId;
 use drover_proto::auth::Role;
 use drover_proto::devices::{
     BulkUpdate, BulkUpdateResult, ConnectivityChangeView, ConnectivityView, CreatedDevice,
-    DeviceCredential, DeviceGroups, DevicePatch, DeviceSort, DeviceView, HealthView, ImportResult,
-    NewDevice, OnConflict, SortOrder,
+    DeviceCredential, DeviceGroups, DevicePatch, DeviceSort, DeviceView, HealthSampleView,
+    HealthView, ImportResult, NewDevice, OnConflict, SortOrder,
 };
 use drover_proto::{Count, Page};
 use serde::Deserialize;
@@ -374,6 +374,59 @@ pub async fn health(
         boot_slot: health.boot_slot,
         metrics: health.metrics,
     }))
+}
+
+/// Query parameters of the raw health samples endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesParams {
+    /// How far back, such as `6h` or `7d` (default `24h`, at most `90d`).
+    pub since: Option<String>,
+    /// At most this many samples, the newest ones (1–5000, default 2000).
+    pub limit: Option<usize>,
+}
+
+/// A device's raw heartbeat samples, oldest first, for its health charts. Samples older than the
+/// server's `sample_retention` have been pruned.
+#[utoipa::path(get, operation_id = "devices_health_samples", path = "/api/v1/devices/{id}/health/samples", tag = "devices",
+    params(("id" = String, Path), SamplesParams),
+    responses((status = 200, body = Vec<HealthSampleView>), (status = 400, body = drover_proto::error::ErrorBody), (status = 404, body = drover_proto::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn health_samples(
+    State(state): State<AppState>,
+    auth: Operator,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<SamplesParams>,
+) -> Result<Json<Vec<HealthSampleView>>, ApiError> {
+    auth.require(Role::Viewer)?;
+    let id = device_id(&id)?;
+    let since = match params.since.as_deref() {
+        None => drover_core::Duration::from_secs(24 * 3600),
+        Some(text) => drover_core::Duration::parse(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid since: {e}")))?,
+    };
+    if since > drover_core::Duration::from_secs(90 * 24 * 3600) {
+        return Err(ApiError::bad_request("since must be at most 90d"));
+    }
+    let limit = params.limit.unwrap_or(2000);
+    if !(1..=5000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 5000, not {limit}"
+        )));
+    }
+    state.store.get_device(&id).await?;
+    let from = now().saturating_add(since.neg());
+    let samples = state.store.health_samples(&id, from, limit).await?;
+    Ok(Json(
+        samples
+            .into_iter()
+            .map(|s| HealthSampleView {
+                observed_at: s.observed_at,
+                metrics: s.metrics,
+            })
+            .collect(),
+    ))
 }
 
 /// How many connectivity changes the connectivity endpoint returns when not told.

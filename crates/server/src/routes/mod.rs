@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/devices/{id}/groups", get(devices::groups))
         .route("/devices/{id}/health", get(devices::health))
+        .route("/devices/{id}/health/samples", get(devices::health_samples))
         .route("/devices/{id}/connectivity", get(devices::connectivity))
         .route("/health/rollups", get(health::rollups))
         .route(
@@ -166,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(reject_nul))

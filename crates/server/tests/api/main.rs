@@ -6,6 +6,7 @@ mod helpers;
 
 mod artifacts;
 mod bad_input;
+mod dashboard;
 mod devices;
 mod groups;
 mod health;

@@ -233,13 +233,34 @@ pub async fn revoke_token<D: Db>(
     id: &str,
     now: Timestamp,
 ) -> Result<TokenView, StoreError> {
+    revoke(db, actor, id, true, now).await
+}
+
+/// Ends a web session: revokes its token, which may be an admin token while no other admin token
+/// is left (logging out must always work; the token that opened the session was checked then).
+pub async fn end_session<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &str,
+    now: Timestamp,
+) -> Result<TokenView, StoreError> {
+    revoke(db, actor, id, false, now).await
+}
+
+async fn revoke<D: Db>(
+    db: &mut D,
+    actor: &Actor,
+    id: &str,
+    keep_last_admin: bool,
+    now: Timestamp,
+) -> Result<TokenView, StoreError> {
     let before = get_token(db, id).await?;
     if before.revoked_at.is_some() {
         return Err(StoreError::Conflict(format!(
             "token {id} is already revoked"
         )));
     }
-    if before.role == Role::Admin {
+    if keep_last_admin && before.role == Role::Admin {
         // Revoking the last usable admin token would leave nobody able to manage tokens.
         let others = db
             .query_one(

@@ -342,6 +342,47 @@ pub async fn latest<D: Db>(db: &mut D, id: &DeviceId) -> Result<Option<DeviceHea
     }))
 }
 
+/// One raw heartbeat sample of a device: when it was observed and its metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSample {
+    pub observed_at: Timestamp,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A device's raw heartbeat samples observed at or after `since`, oldest first, at most `limit`
+/// (the newest `limit` when there are more). Served from the `(device_seq, observed_at)` index.
+pub async fn samples<D: Db>(
+    db: &mut D,
+    id: &DeviceId,
+    since: Timestamp,
+    limit: usize,
+) -> Result<Vec<HealthSample>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT s.observed_at, s.metrics FROM heartbeat_samples s JOIN devices d ON d.seq = s.device_seq \
+             WHERE d.id = $1 AND s.observed_at >= $2 ORDER BY s.observed_at DESC LIMIT $3",
+            &[
+                Value::from(id.as_str()),
+                ts(since),
+                Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )
+        .await?;
+    let mut samples = rows
+        .iter()
+        .map(|row| {
+            let metrics: BTreeMap<String, f64> = serde_json::from_str(&row.text(1)?)
+                .map_err(|e| StoreError::Corrupt(format!("health sample metrics: {e}")))?;
+            Ok(HealthSample {
+                observed_at: Timestamp::from_millis(row.int(0)?),
+                metrics,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    samples.reverse();
+    Ok(samples)
+}
+
 /// Rollups of `metric` for `firmware` with buckets in `[from, to)`, oldest first.
 pub async fn rollups<D: Db>(
     db: &mut D,
