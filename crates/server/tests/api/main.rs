@@ -7,6 +7,7 @@ mod helpers;
 mod artifacts;
 mod bad_input;
 mod devices;
+mod fleet;
 mod groups;
 mod health;
 mod jobs;

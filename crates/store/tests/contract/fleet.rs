@@ -24,7 +24,11 @@ async fn counts(store: &Store) -> BTreeMap<(String, String, String, String), u64
     };
     let before = read(store.fleet_counts().await.unwrap());
     store.fold_fleet_counts().await.unwrap();
-    assert_eq!(store.fold_fleet_counts().await.unwrap(), 0, "nothing left to fold");
+    assert_eq!(
+        store.fold_fleet_counts().await.unwrap(),
+        0,
+        "nothing left to fold"
+    );
     let after = read(store.fleet_counts().await.unwrap());
     assert_eq!(before, after, "folding changes no count");
     after
@@ -33,7 +37,12 @@ async fn counts(store: &Store) -> BTreeMap<(String, String, String, String), u64
 fn expect(entries: &[(Key, u64)]) -> BTreeMap<(String, String, String, String), u64> {
     entries
         .iter()
-        .map(|((s, c, f, r), n)| ((s.to_string(), c.to_string(), f.to_string(), r.to_string()), *n))
+        .map(|((s, c, f, r), n)| {
+            (
+                (s.to_string(), c.to_string(), f.to_string(), r.to_string()),
+                *n,
+            )
+        })
         .collect()
 }
 
@@ -62,7 +71,10 @@ async fn create(store: &Store, device_id: &str, firmware: Option<&str>, region: 
 }
 
 async fn patch(store: &Store, device_id: &str, patch: DevicePatch) {
-    store.update_device(&operator(), &id(device_id), patch, at(1)).await.unwrap();
+    store
+        .update_device(&operator(), &id(device_id), patch, at(1))
+        .await
+        .unwrap();
 }
 
 contract_tests! {
