@@ -133,6 +133,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     config.admin_token = Some(token.clone());
     config.rollout_tick = Duration::from_secs(1);
+    // The adoption curve of /api/v1/fleet/versions gets a point every 2 s of a 3-minute demo.
+    config.rollup_interval = Duration::from_secs(2);
     let server = drover_server::start(config, std::future::pending()).await?;
     let base = format!("http://{}", server.addr);
     let mqtt_addr = server

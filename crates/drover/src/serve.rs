@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// How often the rollout orchestrator steps each rollout, e.g. `5s` [default: 5s].
     #[arg(long, env = "DROVER_ROLLOUT_TICK")]
     pub rollout_tick: Option<String>,
+    /// How often the fleet rollup tick folds device counts and snapshots version history, e.g.
+    /// `60s` [default: 60s].
+    #[arg(long, env = "DROVER_ROLLUP_INTERVAL")]
+    pub rollup_interval: Option<String>,
     /// Post rollout alerts (pauses, aborts, rollbacks, completions) as JSON to this URL.
     #[arg(long, env = "DROVER_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
@@ -98,6 +102,8 @@ pub struct FileConfig {
     pub tuf_root_key: Option<PathBuf>,
     /// How often the rollout orchestrator steps each rollout, e.g. `5s`.
     pub rollout_tick: Option<String>,
+    /// How often the fleet rollup tick runs, e.g. `60s`.
+    pub rollup_interval: Option<String>,
     /// Where rollout alerts are posted as JSON.
     pub alert_webhook: Option<String>,
 }
@@ -194,6 +200,14 @@ pub fn build_config(args: &ServeArgs) -> anyhow::Result<(ServerConfig, LogFormat
             bail!("rollout_tick must be between 100ms and 10m, got {text}");
         }
         config.rollout_tick = std::time::Duration::from_millis(tick.as_millis() as u64);
+    }
+    if let Some(text) = args.rollup_interval.clone().or(file.rollup_interval) {
+        let every = drover_core::Duration::parse(&text)
+            .map_err(|e| anyhow::anyhow!("rollup_interval: {e}"))?;
+        if !(1_000..=3_600_000).contains(&every.as_millis()) {
+            bail!("rollup_interval must be between 1s and 1h, got {text}");
+        }
+        config.rollup_interval = std::time::Duration::from_millis(every.as_millis() as u64);
     }
     if let Some(url) = args.alert_webhook.clone().or(file.alert_webhook) {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -333,6 +347,7 @@ pub async fn recover_admin(args: RecoverArgs) -> anyhow::Result<()> {
         mqtt_broker: None,
         artifact_store: None,
         rollout_tick: None,
+        rollup_interval: None,
         alert_webhook: None,
     };
     let (config, _) = build_config(&serve_args)?;

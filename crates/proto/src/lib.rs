@@ -14,6 +14,7 @@
 //! - [`auth`]: operator API tokens, roles and claim tokens.
 //! - [`audit`]: audit log entries.
 //! - [`device_api`]: what devices send and receive (provisioning, whoami).
+//! - [`fleet`]: the dashboard's fleet overview and firmware-version views.
 //! - [`jobs`]: fleet jobs (operations over a target, executed per device) and remote diagnostics.
 //! - [`rollouts`]: staged rollouts: creation, views with gate evidence, commands, decision log.
 //! - [`shadow`]: device shadow documents, updates, deltas (both APIs).
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod device_api;
 pub mod devices;
 pub mod error;
+pub mod fleet;
 pub mod groups;
 pub mod jobs;
 pub mod mqtt;

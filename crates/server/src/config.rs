@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub tuf: crate::ota::TufConfig,
     /// How often the rollout orchestrator steps each rollout with work left.
     pub rollout_tick: std::time::Duration,
+    /// How often the fleet rollup tick folds device-count deltas and snapshots the per-version
+    /// counts (the adoption history's resolution; readers are exact in between).
+    pub rollup_interval: std::time::Duration,
     /// Where rollout alerts (pauses, aborts, rollbacks, completions) are posted as JSON, besides
     /// the log.
     pub alert_webhook: Option<String>,
@@ -71,6 +74,7 @@ impl ServerConfig {
             deployment_step_timeout: drover_core::Duration::from_secs(3600),
             tuf: crate::ota::TufConfig::with_data_dir(data_dir),
             rollout_tick: std::time::Duration::from_secs(5),
+            rollup_interval: std::time::Duration::from_secs(60),
             alert_webhook: None,
         }
     }

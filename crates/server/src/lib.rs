@@ -10,11 +10,12 @@
 //! - `error`: `ApiError`, the one error body every endpoint returns.
 //! - `extract`: extractors for JSON bodies, query strings, operator tokens and device credentials.
 //! - `routes`: handlers, one module per resource (devices, groups, auth, audit, device API,
-//!   shadows, ops).
+//!   shadows, fleet views, ops).
 //! - `import`: streaming CSV / JSON-lines parsing for bulk device import.
 //! - [`ingest`]: group commit of heartbeats with a bounded queue (backpressure).
 //! - [`shadow_hub`]: in-process notification of shadow changes, for long-polls and MQTT deltas.
 //! - `wake`: in-process wake-ups for the job and diagnostics long-polls.
+//! - `fleet_rollups`: the fleet rollup tick (fold device-count deltas, snapshot version history).
 //! - `jobs`: the fleet jobs tick (time-outs, starting executions up to `max_parallel`).
 //! - [`mqtt`]: the MQTT device API: embedded broker or external-broker client, one message handler.
 //! - `metrics`: Prometheus metrics and the request-metrics middleware.
@@ -24,6 +25,7 @@
 pub mod config;
 mod error;
 mod extract;
+mod fleet_rollups;
 mod import;
 pub mod ingest;
 mod jobs;
@@ -237,6 +239,10 @@ pub async fn start(
     let orchestrator = tokio::spawn(orchestrator::run(state.clone(), state.config.rollout_tick));
     // Jobs tick as often as rollouts: one setting for "how fast background operations move".
     let jobs_loop = tokio::spawn(jobs::run(state.clone(), state.config.rollout_tick));
+    let rollups = tokio::spawn(fleet_rollups::run(
+        store.clone(),
+        state.config.rollup_interval,
+    ));
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
@@ -270,6 +276,7 @@ pub async fn start(
         resign.abort();
         orchestrator.abort();
         jobs_loop.abort();
+        rollups.abort();
         if let Some(transport) = mqtt_transport {
             transport.shutdown().await;
         }

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    artifacts, audit, auth, device_api, devices, diagnostics, groups, health, jobs, rollouts,
-    shadow, tuf, updates,
+    artifacts, audit, auth, device_api, devices, diagnostics, fleet, groups, health, jobs,
+    rollouts, shadow, tuf, updates,
 };
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use crate::routes::{
         artifacts::create_deployment, artifacts::list_deployments, artifacts::cancel_deployment,
         rollouts::create, rollouts::list, rollouts::get, rollouts::decisions, rollouts::devices,
         rollouts::pause, rollouts::resume, rollouts::approve, rollouts::abort, rollouts::rollback,
+        fleet::overview, fleet::versions,
         jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel,
         jobs::device_next, jobs::device_report,
         diagnostics::request, diagnostics::device_next, diagnostics::device_answer,
@@ -47,6 +48,7 @@ use crate::routes::{
         (name = "artifacts", description = "Firmware artifacts and their deltas"),
         (name = "deployments", description = "Installing an artifact on one device"),
         (name = "rollouts", description = "Staged rollouts with canary gates"),
+        (name = "fleet", description = "Fleet overview and firmware versions for dashboards, from maintained rollups"),
         (name = "jobs", description = "Fleet jobs: reboot, configuration, diagnostics or a custom command over a target"),
         (name = "tuf", description = "The TUF repository: root rotation and online keys"),
         (name = "device", description = "Device API"),

@@ -10,7 +10,7 @@
 //! - `migrate`: versioned schema migrations per backend (`migrations/{sqlite,postgres}/*.sql`).
 //! - `ops`: the operations, written once against `Db`: devices, groups, credentials and
 //!   provisioning, tokens and claims, audit, heartbeats, device shadows, rollouts, fleet jobs and
-//!   diagnostics.
+//!   diagnostics, fleet rollups for the dashboard (`ops::fleet`).
 //! - [`secret`]: random secrets and their hashes.
 
 pub mod db;
@@ -47,6 +47,7 @@ pub use ops::auth::{Actor, TokenAuth};
 pub use ops::deployments::Offer;
 pub use ops::devices::{ImportMsg, ImportRow};
 pub use ops::diagnostics::{AnswerOutcome, Confirmation, DiagState};
+pub use ops::fleet::{FleetCount, FleetTick, VersionSnapshot, ACCEPTED as ACCEPTED_STATUSES};
 pub use ops::health::{
     CohortRollup, ConnectivityChange, DeviceHealth, HealthSample, HeartbeatRecord, IngestOptions,
 };
@@ -1277,6 +1278,68 @@ impl Store {
     /// Deletes raw heartbeat samples older than `before`.
     pub async fn prune_heartbeat_samples(&self, before: Timestamp) -> Result<u64, StoreError> {
         with_db!(self, write, |db| ops::health::prune_samples(db, before)
+            .await)
+    }
+
+    // ---- fleet rollups ---------------------------------------------------------------------------
+
+    /// Folds the devices' pending count deltas into the fleet counts; returns how many it folded.
+    pub async fn fold_fleet_counts(&self) -> Result<u64, StoreError> {
+        with_db!(self, write, |db| ops::fleet::fold(db).await)
+    }
+
+    /// Device counts per (status, connectivity, firmware, region), exact at this moment, read
+    /// from the rollups (never a scan of the devices).
+    pub async fn fleet_counts(&self) -> Result<Vec<FleetCount>, StoreError> {
+        with_db!(self, read, |db| ops::fleet::counts(db).await)
+    }
+
+    /// Writes a snapshot of accepted devices per firmware version if it changed since the last
+    /// one; returns whether it wrote one.
+    pub async fn snapshot_versions(&self, now: Timestamp) -> Result<bool, StoreError> {
+        with_db!(self, write, |db| ops::fleet::snapshot(db, now).await)
+    }
+
+    /// Version snapshots in `[since, now]` for `versions`, oldest first, at most `max_points`.
+    pub async fn version_history(
+        &self,
+        since: Timestamp,
+        now: Timestamp,
+        versions: Vec<String>,
+        max_points: usize,
+    ) -> Result<Vec<VersionSnapshot>, StoreError> {
+        with_db!(self, read, |db| ops::fleet::history(
+            db, since, now, &versions, max_points
+        )
+        .await)
+    }
+
+    /// Deletes version snapshots taken before `before`; returns how many.
+    pub async fn prune_version_history(&self, before: Timestamp) -> Result<u64, StoreError> {
+        with_db!(self, write, |db| ops::fleet::prune(db, before).await)
+    }
+
+    /// Versions targeted by rollouts that were not aborted or rolled back, each with when its
+    /// first such rollout was created.
+    pub async fn rollout_versions(&self) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        with_db!(self, read, |db| ops::fleet::rollout_versions(db).await)
+    }
+
+    /// Rollouts not in a final state (running or paused), newest first.
+    pub async fn unfinished_rollouts(
+        &self,
+    ) -> Result<Vec<drover_proto::rollouts::RolloutView>, StoreError> {
+        with_db!(self, read, |db| ops::rollouts::unfinished(db).await)
+    }
+
+    /// One fleet rollup tick: fold the count deltas, snapshot the per-version counts if they
+    /// changed, prune snapshots before `prune_before`. `None` when another replica is running one.
+    pub async fn fleet_rollup_tick(
+        &self,
+        now: Timestamp,
+        prune_before: Timestamp,
+    ) -> Result<Option<FleetTick>, StoreError> {
+        with_db!(self, write, |db| ops::fleet::tick(db, now, prune_before)
             .await)
     }
 

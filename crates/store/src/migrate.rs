@@ -58,6 +58,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_jobs.sql"),
         postgres: include_str!("../migrations/postgres/0007_jobs.sql"),
     },
+    Migration {
+        version: 8,
+        name: "fleet_rollups",
+        sqlite: include_str!("../migrations/sqlite/0008_fleet_rollups.sql"),
+        postgres: include_str!("../migrations/postgres/0008_fleet_rollups.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying Drover's migration lock.
@@ -127,10 +133,14 @@ pub async fn current_version<D: Db>(db: &mut D) -> Result<i64, StoreError> {
     row.int(0)
 }
 
-/// Splits a migration file into statements at `;` line ends, dropping `--` comment lines.
+/// Splits a migration file into statements at `;` line ends, dropping `--` comment lines. A `;`
+/// inside a body does not end the statement: neither inside a PostgreSQL dollar-quoted function
+/// body (`$$ … $$`) nor between a SQLite trigger's `BEGIN` line and its `END;` line.
 fn split_statements(sql: &str) -> Vec<String> {
     let mut statements = Vec::new();
     let mut current = String::new();
+    let mut in_dollar_body = false;
+    let mut in_trigger_body = false;
     for line in sql.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with("--") || trimmed.is_empty() {
@@ -138,7 +148,17 @@ fn split_statements(sql: &str) -> Vec<String> {
         }
         current.push_str(line);
         current.push('\n');
-        if trimmed.ends_with(';') {
+        if !in_dollar_body {
+            if trimmed.eq_ignore_ascii_case("BEGIN") {
+                in_trigger_body = true;
+            } else if in_trigger_body && trimmed.eq_ignore_ascii_case("END;") {
+                in_trigger_body = false;
+            }
+        }
+        if line.matches("$$").count() % 2 == 1 {
+            in_dollar_body = !in_dollar_body;
+        }
+        if trimmed.ends_with(';') && !in_dollar_body && !in_trigger_body {
             statements.push(
                 std::mem::take(&mut current)
                     .trim()
@@ -151,4 +171,19 @@ fn split_statements(sql: &str) -> Vec<String> {
         statements.push(current.trim().to_owned());
     }
     statements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn function_and_trigger_bodies_stay_in_one_statement() {
+        let sql = "CREATE TABLE t (a INT);\n-- a comment;\nCREATE FUNCTION f() RETURNS trigger AS $$\nBEGIN\n  INSERT INTO t VALUES (1);\n  RETURN NULL;\nEND $$ LANGUAGE plpgsql;\nCREATE TRIGGER g AFTER INSERT ON t\nBEGIN\n  INSERT INTO t VALUES (2);\nEND;\nSELECT 1;";
+        let statements = split_statements(sql);
+        assert_eq!(statements.len(), 4, "{statements:#?}");
+        assert!(statements[1].ends_with("LANGUAGE plpgsql"));
+        assert!(statements[2].starts_with("CREATE TRIGGER g") && statements[2].ends_with("END"));
+        assert_eq!(statements[3], "SELECT 1");
+    }
 }

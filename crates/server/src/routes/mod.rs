@@ -7,6 +7,7 @@ pub mod device_api;
 pub mod devices;
 pub mod diagnostics;
 pub mod download;
+pub mod fleet;
 pub mod groups;
 pub mod health;
 pub mod jobs;
@@ -89,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::get))
         .route("/jobs/{id}/executions", get(jobs::executions))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/fleet/overview", get(fleet::overview))
+        .route("/fleet/versions", get(fleet::versions))
         .route("/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/rollouts/{id}", get(rollouts::get))
         .route("/rollouts/{id}/decisions", get(rollouts::decisions))

@@ -43,6 +43,8 @@ pub struct AppOptions {
     pub rollout_tick: Option<std::time::Duration>,
     /// Where rollout alerts are posted.
     pub alert_webhook: Option<String>,
+    /// How often the fleet rollup tick runs (the server default when absent).
+    pub rollup_interval: Option<std::time::Duration>,
 }
 
 /// Starts a server on a fresh store, or returns `None` when the backend is not configured.
@@ -82,6 +84,9 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         config.rollout_tick = every;
     }
     config.alert_webhook = options.alert_webhook;
+    if let Some(every) = options.rollup_interval {
+        config.rollup_interval = every;
+    }
     let server = drover_server::start(config.clone(), std::future::pending())
         .await
         .expect("server starts");

@@ -8,6 +8,7 @@ mod artifacts;
 mod bad_input;
 mod dashboard;
 mod devices;
+mod fleet;
 mod groups;
 mod health;
 mod jobs;

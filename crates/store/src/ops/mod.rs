@@ -6,6 +6,7 @@ pub mod auth;
 pub mod deployments;
 pub mod devices;
 pub mod diagnostics;
+pub mod fleet;
 pub mod groups;
 pub mod health;
 pub mod jobs;

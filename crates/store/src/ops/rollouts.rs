@@ -496,6 +496,19 @@ pub async fn list<D: Db>(
     rows.iter().map(view).collect()
 }
 
+/// Rollouts not in a final state (`running` or `paused`), newest first.
+pub async fn unfinished<D: Db>(db: &mut D) -> Result<Vec<RolloutView>, StoreError> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM rollouts WHERE status IN ('running', 'paused') ORDER BY id DESC"
+            ),
+            &[],
+        )
+        .await?;
+    rows.iter().map(view).collect()
+}
+
 /// The decision log, oldest first.
 pub async fn decisions<D: Db>(
     db: &mut D,

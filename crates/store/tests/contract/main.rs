@@ -16,6 +16,7 @@
 //! - `provisioning`: claim tokens, pre-authorised and pending devices, credentials.
 //! - `auth`: operator tokens and the first-start admin token.
 //! - `audit`: what mutations record, and reading the log back with filters and paging.
+//! - `fleet`: fleet rollups (counts per status, connectivity, firmware, region) and version history.
 //! - `health`: heartbeat ingest, latest health and cohort rollups.
 //! - `jobs`: fleet jobs (max_parallel, timeouts, retries, cancel, config) and diagnostics requests.
 //! - `shadow`: device shadows: merge and persistence, versions under concurrency, tombstones, limits.
@@ -66,6 +67,7 @@ mod audit;
 mod auth;
 mod bulk;
 mod devices;
+mod fleet;
 mod groups;
 mod health;
 mod jobs;
