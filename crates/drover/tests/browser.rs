@@ -509,12 +509,10 @@ async fn an_operator_logs_in_searches_devices_and_pauses_a_rollout_and_a_viewer_
     b.screenshot("overview").await;
 
     // Keyboard: Tab from the top of the page reaches the skip link, then the navigation.
-    b.js(
-        "document.activeElement.blur(); window.scrollTo(0, 0);",
-        vec![],
-    )
-    .await;
-    let body = b.client.find(Locator::Css("body")).await.unwrap();
+    b.client.refresh().await.unwrap();
+    b.wait_text("main", "Rollouts in progress", Duration::from_secs(20))
+        .await;
+    let body = b.client.active_element().await.unwrap();
     body.send_keys("\u{e004}").await.unwrap(); // Tab
     let focused = b
         .js("return document.activeElement.textContent", vec![])
@@ -590,7 +588,10 @@ async fn an_operator_logs_in_searches_devices_and_pauses_a_rollout_and_a_viewer_
             .await;
         assert_eq!(unlabeled, json!([]), "{page}: controls without a label");
     }
-    let artifacts = b.text("main").await;
+    b.goto(&format!("{base}/#/artifacts")).await;
+    let artifacts = b
+        .wait_text("main", "meter-fw 1.1.0", Duration::from_secs(20))
+        .await;
     assert!(
         artifacts.contains("meter-fw 1.1.0") && artifacts.contains("7.8 KiB"),
         "{artifacts}"

@@ -94,7 +94,8 @@ pub struct FleetVersions {
     pub versions: Vec<VersionShare>,
     /// Accepted devices per region, largest region first.
     pub regions: Vec<RegionVersions>,
-    /// Adoption over the requested window of the (at most 8) most used versions.
+    /// Adoption over the requested window of the (at most 8) versions with the most devices at any
+    /// point of the window.
     pub history: Vec<VersionHistory>,
     /// Fragmentation and slow adoption, when they apply.
     pub warnings: Vec<FleetWarning>,

@@ -116,7 +116,7 @@ function showLogin(message) {
     error.textContent = "";
     try {
       session = await api.login(input.value);
-      start();
+      start(true);
     } catch (e) {
       error.textContent = e.status === 401 ? `Not accepted: ${e.message}` : e.message;
       input.setAttribute("aria-invalid", "true");
@@ -129,11 +129,12 @@ function showLogin(message) {
   input.focus();
 }
 
-function start() {
+/** Shows the app for `session`; after a login, focus moves to the page (the form is gone). */
+function start(focusMain) {
   top.hidden = false;
   document.getElementById("who").textContent = `${session.name} (${session.role})`;
   route();
-  main.focus();
+  if (focusMain) main.focus();
 }
 
 document.getElementById("logout").addEventListener("click", async () => {
@@ -163,6 +164,6 @@ document.addEventListener("visibilitychange", () => {
     mount(main, notice("error", `Cannot reach the server: ${e.message}`));
     return;
   }
-  if (session) start();
+  if (session) start(false);
   else showLogin();
 })();

@@ -308,7 +308,7 @@ export function rollout(params, ctx) {
             h(
               "div",
               { class: `gate v-${g.verdict}` },
-              h("h3", {}, `Phase ${g.phase}: `, badge(g.verdict), " ", h("span", { class: "muted" }, `${num(g.n_canary)} canary vs ${num(g.n_baseline)} baseline devices, `, when(g.at))),
+              h("h3", {}, `Phase ${g.phase + 1} gate: `, badge(g.verdict), " ", h("span", { class: "muted" }, `${num(g.n_canary)} canary vs ${num(g.n_baseline)} baseline devices, `, when(g.at))),
               table(
                 null,
                 ["Metric", "Test", "Verdict", "Canary", "Baseline", "Effect", "Confidence", "p", "Note"],

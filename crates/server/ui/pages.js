@@ -73,7 +73,7 @@ export function overview() {
     );
     mount(
       shares,
-      section("Devices by status", shareBar(entries(d.by_status, Object.keys(STATUS_COLORS)).map(([label, value]) => ({ label, value, color: STATUS_COLORS[label] || "#505050" })), { title: "Devices by status" })),
+      section("Devices by status", shareBar(entries(d.by_status, Object.keys(STATUS_COLORS)).filter(([label, value]) => value > 0 || label === "active").map(([label, value]) => ({ label, value, color: STATUS_COLORS[label] || "#505050" })), { title: "Devices by status" })),
       section("Connectivity", shareBar(entries(conn, ["online", "degraded", "offline", "unknown"]).map(([label, value]) => ({ label, value, color: CONNECTIVITY_COLORS[label] || "#505050" })), { title: "Connectivity" })),
     );
     mount(

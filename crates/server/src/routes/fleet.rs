@@ -67,7 +67,7 @@ const WINDOWS: [(&str, i64); 5] = [
     ("90d", 90 * 86_400),
 ];
 
-/// Versions with a history curve: the most used ones.
+/// Versions with a history curve: those with the most devices at any point of the window.
 const HISTORY_VERSIONS: usize = 8;
 
 /// Most points of one history curve (snapshots are downsampled to this).
@@ -117,16 +117,12 @@ pub async fn versions(
     let mut regions: Vec<RegionVersions> = regions.into_values().collect();
     regions.sort_by(|a, b| b.total.cmp(&a.total).then(a.region.cmp(&b.region)));
 
-    let top: Vec<String> = versions
-        .iter()
-        .take(HISTORY_VERSIONS)
-        .map(|v| v.version.clone())
-        .collect();
     let since = computed_at.saturating_add(window.neg());
     let snapshots = state
         .store
-        .version_history(since, computed_at, top.clone(), HISTORY_POINTS)
+        .version_history(since, computed_at, Vec::new(), HISTORY_POINTS)
         .await?;
+    let top = history_versions(&accepted, &snapshots);
     let history = top
         .iter()
         .map(|version| {
@@ -157,6 +153,30 @@ pub async fn versions(
         history,
         warnings,
     }))
+}
+
+/// The versions that get a curve: the [`HISTORY_VERSIONS`] with the most devices at any point of
+/// the window (now included), so a version the fleet just left keeps its falling curve.
+fn history_versions(
+    accepted: &BTreeMap<String, u64>,
+    snapshots: &[drover_store::VersionSnapshot],
+) -> Vec<String> {
+    let mut peak: BTreeMap<&str, u64> = BTreeMap::new();
+    let now = accepted.iter().map(|(v, n)| (v.as_str(), *n));
+    let past = snapshots
+        .iter()
+        .flat_map(|s| s.versions.iter().map(|(v, n)| (v.as_str(), *n)));
+    for (version, devices) in now.chain(past) {
+        let entry = peak.entry(version).or_insert(0);
+        *entry = (*entry).max(devices);
+    }
+    let mut ranked: Vec<(&str, u64)> = peak.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    ranked
+        .into_iter()
+        .take(HISTORY_VERSIONS)
+        .map(|(version, _)| version.to_owned())
+        .collect()
 }
 
 fn parse_window(text: Option<&str>) -> Result<Duration, ApiError> {

@@ -212,8 +212,10 @@ pub async fn snapshot<D: Db>(db: &mut D, now: Timestamp) -> Result<bool, StoreEr
 }
 
 /// Snapshots taken at or after `since`, oldest first, downsampled to at most `max_points`: the
-/// window is cut into `max_points` equal buckets and the last snapshot of each is kept. Only the
-/// versions in `versions` are read; a listed version absent from a snapshot had no device then.
+/// time from the first snapshot in the window to `now` is cut into `max_points` equal buckets
+/// and the last snapshot of each is kept (so a young history keeps its detail in a long window).
+/// Only the versions in `versions` are read, or every version when it is empty; a version absent
+/// from a snapshot had no device then.
 pub async fn history<D: Db>(
     db: &mut D,
     since: Timestamp,
@@ -221,12 +223,22 @@ pub async fn history<D: Db>(
     versions: &[String],
     max_points: usize,
 ) -> Result<Vec<VersionSnapshot>, StoreError> {
-    let step = ((now.as_millis() - since.as_millis()) / max_points.max(1) as i64).max(1);
+    let first = db
+        .query_one(
+            "SELECT MIN(at) FROM version_snapshots WHERE at >= $1 AND at <= $2",
+            &[ts(since), ts(now)],
+        )
+        .await?
+        .opt_int(0)?;
+    let Some(start) = first else {
+        return Ok(Vec::new());
+    };
+    let step = ((now.as_millis() - start) / max_points.max(1) as i64).max(1);
     let times = db
         .query(
             "SELECT MAX(at) FROM version_snapshots WHERE at >= $1 AND at <= $2
              GROUP BY (at - $1) / $3 ORDER BY 1",
-            &[ts(since), ts(now), Value::Int(step)],
+            &[Value::Int(start), ts(now), Value::Int(step)],
         )
         .await?;
     let mut snapshots: Vec<VersionSnapshot> = times
@@ -238,7 +250,7 @@ pub async fn history<D: Db>(
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    if snapshots.is_empty() || versions.is_empty() {
+    if snapshots.is_empty() {
         return Ok(snapshots);
     }
     let mut index: BTreeMap<i64, usize> = BTreeMap::new();
@@ -250,11 +262,18 @@ pub async fn history<D: Db>(
     for chunk in at_values.chunks(200) {
         let mut params: Vec<Value> = chunk.iter().map(|at| Value::Int(*at)).collect();
         params.extend(versions.iter().map(|v| Value::from(v.as_str())));
+        let only = if versions.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND firmware IN ({})",
+                placeholders(1 + chunk.len(), versions.len())
+            )
+        };
         let sql = format!(
             "SELECT at, firmware, devices FROM version_history
-             WHERE at IN ({}) AND firmware IN ({}) AND devices > 0",
+             WHERE at IN ({}){only} AND devices > 0",
             placeholders(1, chunk.len()),
-            placeholders(1 + chunk.len(), versions.len())
         );
         for row in db.query(&sql, &params).await? {
             if let Some(idx) = index.get(&row.int(0)?) {

@@ -188,11 +188,17 @@ contract_tests! {
             (at(3), vec![("1.0.0", 1), ("1.1.0", 1)]),
             (at(4), vec![("1.1.0", 2)]),
         ]);
-        // Two buckets over ten minutes: the last snapshot of each.
+        // Two buckets from the first snapshot (minute 1) to the end: the last snapshot of each.
         let coarse = store.version_history(at(0), at(10), versions.clone(), 2).await.unwrap();
         assert_eq!(coarse.iter().map(|s| s.at).collect::<Vec<_>>(), vec![at(4)]);
         let coarse = store.version_history(at(0), at(6), versions.clone(), 2).await.unwrap();
-        assert_eq!(coarse.iter().map(|s| s.at).collect::<Vec<_>>(), vec![at(1), at(4)]);
+        assert_eq!(coarse.iter().map(|s| s.at).collect::<Vec<_>>(), vec![at(3), at(4)]);
+        // A long window over a young history keeps its detail: the grid starts at minute 1.
+        let long = store.version_history(at(-100_000), at(10), versions.clone(), 100).await.unwrap();
+        assert_eq!(long.len(), 3);
+        // No version list: every version.
+        let all = store.version_history(at(0), at(10), Vec::new(), 100).await.unwrap();
+        assert_eq!(all, history);
         assert_eq!(store.version_history(at(2), at(10), versions.clone(), 100).await.unwrap().len(), 2);
 
         assert_eq!(store.prune_version_history(at(3)).await.unwrap(), 1);
