@@ -735,6 +735,21 @@ async fn the_demo_pauses_the_bad_release_with_battery_evidence_and_the_fix_reach
         .await;
     b.screenshot("demo-overview").await;
 
+    // A device's page charts its heartbeats: the battery current the bad release drew shows.
+    b.goto(&format!("{base}/#/devices?q=firmware%20%3D%202.3.1"))
+        .await;
+    b.wait_text("#device-count", "matching devices", Duration::from_secs(20))
+        .await;
+    b.click("#devices-table tbody a").await;
+    b.wait_until(
+        "return document.querySelectorAll('.small-chart svg path').length > 0",
+        Duration::from_secs(20),
+    )
+    .await;
+    let charts = b.text(".charts").await;
+    assert!(charts.contains("battery_ma"), "{charts}");
+    b.screenshot("demo-device").await;
+
     b.close().await;
     let _ = demo.kill().await;
     let text = out.lock().unwrap().clone();

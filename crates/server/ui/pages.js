@@ -132,7 +132,8 @@ export function versions(params) {
   );
   async function refresh() {
     const data = await api.get("/fleet/versions", { window: windowSelect.value });
-    summary.textContent = `${num(data.total)} accepted devices on ${num(data.versions.length)} versions.`;
+    const n = data.versions.length;
+    summary.textContent = `${num(data.total)} accepted devices on ${num(n)} firmware version${n === 1 ? "" : "s"}.`;
     mount(warnings, data.warnings.map((w) => notice("warning", h("strong", {}, w.kind === "fragmentation" ? "Fragmentation: " : "Slow adoption: "), w.message)));
     const shown = data.versions.slice(0, 10);
     const rest = data.versions.slice(10).reduce((sum, v) => sum + v.devices, 0);
@@ -151,7 +152,13 @@ export function versions(params) {
         ]),
       ),
     );
+    // One colour per version across the bar chart and the curves: current versions first, then
+    // versions the fleet has left, each taking the next unused colour.
     const colorOf = Object.fromEntries(shown.map((v, i) => [v.version, PALETTE[i % PALETTE.length]]));
+    let next = shown.length;
+    for (const series of data.history) {
+      if (!(series.version in colorOf)) colorOf[series.version] = PALETTE[next++ % PALETTE.length];
+    }
     mount(
       adoption,
       lineChart(
