@@ -3,7 +3,8 @@
 //! counts and dynamic-group counts (anchor: a plain full-table count); `heartbeats` drives durable
 //! heartbeat ingest over HTTP (anchor: the same server answering `/healthz`); `mqtt` and
 //! `mqtt-idle` (in `bench_mqtt`) the MQTT device API; `checkins` and `shadow` (in `bench_device`)
-//! update check-ins and device shadows over HTTP (anchor: `/healthz` again).
+//! update check-ins and device shadows over HTTP (anchor: `/healthz` again); `dashboard` (in
+//! `bench_dashboard`) the fleet overview and versions views (anchor: `/healthz`).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ use serde_json::Value;
 pub enum BenchCommand {
     /// Devices asking for their next update over HTTP, with or without one pending (anchor: `/healthz`).
     Checkins(crate::bench_device::CheckinArgs),
+    /// The dashboard's fleet overview and versions views on a large fleet, and what maintaining
+    /// their rollups costs writers (anchor: `/healthz`).
+    Dashboard(crate::bench_dashboard::DashboardArgs),
     /// Binary delta size, generation and apply time and apply memory (anchors: bsdiff, zstd --patch-from).
     Delta(crate::bench_delta::DeltaArgs),
     /// Artifact download throughput over loopback, whole and resumed (anchor: nginx serving the same file).
@@ -124,6 +128,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Download(args) => crate::bench_download::run(args).await,
         BenchCommand::Checkins(args) => crate::bench_device::checkins(args).await,
         BenchCommand::Shadow(args) => crate::bench_device::shadow(args).await,
+        BenchCommand::Dashboard(args) => crate::bench_dashboard::run(args).await,
         BenchCommand::RolloutScale(args) => crate::bench_rollout_scale::run(args).await,
         BenchCommand::RolloutSafety(args) => crate::bench_rollout_safety::run(args).await,
     }

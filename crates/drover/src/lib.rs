@@ -10,6 +10,7 @@
 //! - [`cli`]: admin subcommands (devices, groups, claims, tokens, audit), output and exit codes.
 
 pub mod bench;
+mod bench_dashboard;
 mod bench_delta;
 mod bench_device;
 mod bench_download;

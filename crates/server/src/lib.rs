@@ -75,6 +75,9 @@ pub struct AppState {
     rollouts_changed: Arc<tokio::sync::Notify>,
     /// Wakes the jobs tick when a job was created or a device finished an execution.
     jobs_changed: Arc<tokio::sync::Notify>,
+    /// Wakes the fleet rollup tick after a change of many devices at once (an import, a bulk
+    /// update), so readers do not add up a large backlog of count deltas until the next tick.
+    fleet_changed: Arc<tokio::sync::Notify>,
     /// Wakes job and diagnostics long-polls.
     wakes: wake::WakeHub,
     /// Devices just offered a job execution, for the MQTT transport to publish their offer.
@@ -203,6 +206,7 @@ pub async fn start(
         offers: tokio::sync::broadcast::channel(65_536).0,
         rollouts_changed: Arc::new(tokio::sync::Notify::new()),
         jobs_changed: Arc::new(tokio::sync::Notify::new()),
+        fleet_changed: Arc::new(tokio::sync::Notify::new()),
         wakes: wakes.clone(),
         job_offers: tokio::sync::broadcast::channel(65_536).0,
         diag_requests: tokio::sync::broadcast::channel(1024).0,
@@ -242,11 +246,18 @@ pub async fn start(
     let rollups = tokio::spawn(fleet_rollups::run(
         store.clone(),
         state.config.rollup_interval,
+        state.fleet_changed.clone(),
     ));
+    let fleet_changed = state.fleet_changed.clone();
     let router = routes::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let housekeeping = tokio::spawn(maintenance(store.clone(), sample_retention));
-    let detector = tokio::spawn(offline_detector(store.clone(), metrics, offline_check));
+    let detector = tokio::spawn(offline_detector(
+        store.clone(),
+        metrics,
+        offline_check,
+        fleet_changed,
+    ));
     let timeouts = tokio::spawn(ota::deployment_timeouts(
         store.clone(),
         std::time::Duration::from_secs(10),
@@ -325,14 +336,22 @@ async fn offline_detector(
     store: Store,
     metrics: Arc<metrics::Metrics>,
     every: std::time::Duration,
+    fleet_changed: Arc<tokio::sync::Notify>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let mut n_marked = 0;
         loop {
             match store.mark_offline(now(), OFFLINE_BATCH).await {
                 Ok(ids) => {
+                    n_marked += ids.len();
+                    if n_marked >= fleet_rollups::WAKE_AFTER
+                        && n_marked - ids.len() < fleet_rollups::WAKE_AFTER
+                    {
+                        fleet_changed.notify_one();
+                    }
                     metrics.went_offline.inc_by(ids.len() as u64);
                     for id in ids.iter().take(20) {
                         tracing::info!(device = %id, "device went offline");

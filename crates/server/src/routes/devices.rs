@@ -307,6 +307,9 @@ pub async fn bulk_update(
         .store
         .bulk_update_devices(&actor, &query, body.set, now())
         .await?;
+    if updated as usize >= crate::fleet_rollups::WAKE_AFTER {
+        state.fleet_changed.notify_one();
+    }
     Ok(Json(BulkUpdateResult { matched, updated }))
 }
 
@@ -349,6 +352,9 @@ pub async fn import(
         state.config.max_import_bytes,
     )
     .await?;
+    if (result.created + result.updated) as usize >= crate::fleet_rollups::WAKE_AFTER {
+        state.fleet_changed.notify_one();
+    }
     Ok(Json(result))
 }
 
