@@ -695,6 +695,8 @@ async fn the_demo_pauses_the_bad_release_with_battery_evidence_and_the_fix_reach
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let b = Browser::start().await;
+    // Tall enough for a rollout's gate evidence and the adoption curves' legend in one screenshot.
+    b.client.set_window_size(1400, 1500).await.unwrap();
     b.login(&base, &token).await;
 
     // The bad release: its rollout pauses itself at the canary and rolls back, with the battery
@@ -731,8 +733,15 @@ async fn the_demo_pauses_the_bad_release_with_battery_evidence_and_the_fix_reach
         .await;
     b.screenshot("demo-versions").await;
     b.goto(&format!("{base}/#/")).await;
-    b.wait_text(".stats", &devices, Duration::from_secs(20))
-        .await;
+    // The page writes counts with thousands separators.
+    let shown = devices
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    b.wait_text(".stats", &shown, Duration::from_secs(20)).await;
     b.screenshot("demo-overview").await;
 
     // A device's page charts its heartbeats: the battery current the bad release drew shows.
