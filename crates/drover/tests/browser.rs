@@ -506,6 +506,11 @@ async fn an_operator_logs_in_searches_devices_and_pauses_a_rollout_and_a_viewer_
         .await;
     assert!(overview.contains("Fleet overview"), "{overview}");
     b.wait_text(".stats", "30", Duration::from_secs(10)).await;
+    let alert = b.text(".alerts").await;
+    assert!(
+        alert.contains("critical") && alert.contains("checking the meters first"),
+        "the paused rollout is an alert with its reason: {alert}"
+    );
     b.screenshot("overview").await;
 
     // Keyboard: Tab from the top of the page reaches the skip link, then the navigation.
