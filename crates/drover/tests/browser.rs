@@ -598,7 +598,9 @@ async fn an_operator_logs_in_searches_devices_and_pauses_a_rollout_and_a_viewer_
         .wait_text("main", "meter-fw 1.1.0", Duration::from_secs(20))
         .await;
     assert!(
-        artifacts.contains("meter-fw 1.1.0") && artifacts.contains("7.8 KiB"),
+        artifacts.contains("meter-fw 1.1.0")
+            && artifacts.contains("7.8 KiB")
+            && artifacts.contains("SHA-256"),
         "{artifacts}"
     );
     b.goto(&format!("{base}/#/audit")).await;
