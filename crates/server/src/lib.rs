@@ -322,6 +322,13 @@ async fn maintenance(store: Store, retention: drover_core::Duration) {
             Ok(n) => tracing::info!(pruned = n, "pruned heartbeat samples past retention"),
             Err(e) => tracing::warn!(error = %e, "could not prune heartbeat samples"),
         }
+        // Ended dashboard sessions stay listed for a week (who was logged in), then go.
+        let before = now().saturating_add(drover_core::Duration::from_secs(-7 * 86_400));
+        match store.prune_sessions(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "deleted ended dashboard sessions"),
+            Err(e) => tracing::warn!(error = %e, "could not delete ended dashboard sessions"),
+        }
     }
 }
 

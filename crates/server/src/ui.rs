@@ -6,7 +6,8 @@
 //! `HttpOnly; SameSite=Strict` cookie; every API request made with the cookie is checked like a
 //! bearer token (so revoking the session's token, or it expiring, ends the session), and requests
 //! that change something must also carry the `X-Drover-CSRF` header, which a page on another site
-//! cannot add without a CORS grant the server never gives. Logout revokes the session's token.
+//! cannot add without a CORS grant the server never gives. Logout revokes the session's token;
+//! housekeeping deletes sessions a week after they expired or were revoked.
 
 use std::sync::OnceLock;
 
@@ -208,7 +209,7 @@ async fn login(
     }
     let now = now();
     let auth = state.store.authenticate_token(token, now).await?;
-    let name: String = format!("web session of {}", auth.name)
+    let name: String = format!("{}{}", drover_store::SESSION_NAME_PREFIX, auth.name)
         .chars()
         .take(128)
         .collect();

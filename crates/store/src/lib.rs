@@ -43,7 +43,7 @@ pub use ops::artifacts::{
     ArtifactRef, NewArtifact, NewDelta, PublishedTarget, StoredObject, TargetFile,
 };
 pub use ops::audit::AuditFilter;
-pub use ops::auth::{Actor, TokenAuth};
+pub use ops::auth::{Actor, TokenAuth, SESSION_NAME_PREFIX};
 pub use ops::deployments::Offer;
 pub use ops::devices::{ImportMsg, ImportRow};
 pub use ops::diagnostics::{AnswerOutcome, Confirmation, DiagState};
@@ -1453,6 +1453,11 @@ impl Store {
     }
 
     /// Checks an operator token secret; returns who it belongs to, or why it is refused.
+    /// Deletes dashboard sessions that expired or were revoked before `before`; returns how many.
+    pub async fn prune_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
+        with_db!(self, write, |db| ops::auth::prune_sessions(db, before).await)
+    }
+
     /// Ends a web session by revoking its token, even when it is the last admin token.
     pub async fn end_session(
         &self,

@@ -328,6 +328,20 @@ pub async fn authenticate_token<D: Db>(
     })
 }
 
+/// Names of the tokens the web dashboard creates for its sessions start with this.
+pub const SESSION_NAME_PREFIX: &str = "web session of ";
+
+/// Deletes dashboard sessions (tokens named [`SESSION_NAME_PREFIX`]…) that expired or were revoked
+/// before `before`; returns how many. Their audit entries stay.
+pub async fn prune_sessions<D: Db>(db: &mut D, before: Timestamp) -> Result<u64, StoreError> {
+    db.execute(
+        "DELETE FROM api_tokens WHERE name LIKE $1 \
+         AND ((expires_at IS NOT NULL AND expires_at < $2) OR (revoked_at IS NOT NULL AND revoked_at < $2))",
+        &[Value::from(format!("{SESSION_NAME_PREFIX}%")), ts(before)],
+    )
+    .await
+}
+
 pub async fn touch_token<D: Db>(db: &mut D, id: &str, now: Timestamp) -> Result<(), StoreError> {
     db.execute(
         "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2",

@@ -57,6 +57,28 @@ contract_tests! {
         assert_eq!(store.list_tokens().await.unwrap().len(), 1);
     }
 
+    /// Dashboard sessions that ended before the cutoff are deleted; live ones and other tokens stay.
+    async fn ended_dashboard_sessions_are_pruned(store: Store) {
+        let session = |name: &str, expires: Option<&str>| NewToken {
+            name: format!("{}{name}", drover_store::SESSION_NAME_PREFIX),
+            role: Role::Operator,
+            expires_in: expires.map(str::to_owned),
+        };
+        let (expired, _) = store.create_token(&operator(), session("ada", Some("1h")), at(0)).await.unwrap();
+        let (revoked, _) = store.create_token(&operator(), session("bob", Some("12h")), at(0)).await.unwrap();
+        store.revoke_token(&operator(), &revoked.id, at(5)).await.unwrap();
+        store.create_token(&operator(), session("cy", Some("12h")), at(0)).await.unwrap();
+        let ordinary = NewToken { name: "ci".into(), role: Role::Operator, expires_in: Some("1h".into()) };
+        store.create_token(&operator(), ordinary, at(0)).await.unwrap();
+
+        assert_eq!(store.prune_sessions(at(4)).await.unwrap(), 0, "nothing ended before minute 4");
+        assert_eq!(store.prune_sessions(at(100)).await.unwrap(), 2);
+        let mut left: Vec<String> = store.list_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
+        left.sort();
+        assert_eq!(left, vec!["ci".to_owned(), "web session of cy".to_owned()]);
+        assert!(!left.iter().any(|n| n.ends_with("ada") || n.ends_with("bob")), "{expired:?}");
+    }
+
     /// Tokens authenticate until they expire or are revoked.
     async fn tokens_are_created_listed_revoked_and_expire(store: Store) {
         let new = NewToken { name: "ci".into(), role: Role::Operator, expires_in: Some("1h".into()) };
