@@ -739,16 +739,14 @@ pub async fn count<D: Db>(db: &mut D, query: &Query, now: Timestamp) -> Result<u
     Ok(row.int(0)? as u64)
 }
 
+/// Devices per lifecycle status (statuses with none left out), from the fleet rollups: its cost
+/// is the number of status × connectivity × firmware × region combinations, not the fleet.
 pub async fn count_by_status<D: Db>(db: &mut D) -> Result<Vec<(String, u64)>, StoreError> {
-    let rows = db
-        .query(
-            "SELECT status, COUNT(*) FROM devices GROUP BY status ORDER BY status",
-            &[],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.text(0)?, r.int(1)? as u64)))
-        .collect()
+    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
+    for count in crate::ops::fleet::counts(db).await? {
+        *by_status.entry(count.status).or_insert(0) += count.devices;
+    }
+    Ok(by_status.into_iter().filter(|(_, n)| *n > 0).collect())
 }
 
 // ---- bulk operations ---------------------------------------------------------------------------
