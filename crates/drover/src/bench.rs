@@ -165,21 +165,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
         now_ms: drover_server::now().as_millis(),
         types: TYPES,
     };
-    let body = reqwest::Body::wrap_stream(futures::stream::iter((0..fleet.n).step_by(10_000).map(
-        move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(fleet.n))),
-    )));
-    let response = http
-        .post(format!("{base}/api/v1/devices/import"))
-        .bearer_auth(BENCH_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await?;
-    let status = response.status();
-    let result: Value = response.json().await?;
-    if !status.is_success() {
-        bail!("import failed: {status} {result}");
-    }
+    let result = import_fleet(&http, &base, fleet).await?;
     let import_time = started.elapsed();
     println!(
         "import: {} devices in {:.1} s ({:.0} devices/s)",
@@ -514,6 +500,31 @@ async fn page(http: &reqwest::Client, base: &str, q: &str) -> anyhow::Result<u64
 async fn group_count(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<u64> {
     let body = get(http, format!("{base}/api/v1/groups/{name}"), &[]).await?;
     Ok(body["member_count"].as_u64().unwrap_or_default())
+}
+
+/// Imports `fleet` through `POST /api/v1/devices/import` as JSON lines streamed in chunks of
+/// 10,000 devices; returns the import result (`created`, `updated`, `skipped`).
+pub(crate) async fn import_fleet(
+    http: &reqwest::Client,
+    base: &str,
+    fleet: Fleet,
+) -> anyhow::Result<Value> {
+    let body = reqwest::Body::wrap_stream(futures::stream::iter((0..fleet.n).step_by(10_000).map(
+        move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(fleet.n))),
+    )));
+    let response = http
+        .post(format!("{base}/api/v1/devices/import"))
+        .bearer_auth(BENCH_TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("import failed: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// A deterministic synthetic fleet with realistic skew: most devices in production, a long tail of

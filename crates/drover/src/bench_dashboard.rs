@@ -80,20 +80,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         types: TYPES,
     };
     let n = args.devices;
-    let body =
-        reqwest::Body::wrap_stream(futures::stream::iter((0..n).step_by(10_000).map(
-            move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(n))),
-        )));
-    let response = http
-        .post(format!("{base}/api/v1/devices/import"))
-        .bearer_auth(BENCH_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("import failed: {}", response.text().await?);
-    }
+    crate::bench::import_fleet(&http, &base, fleet).await?;
     let import = started.elapsed();
     store.analyze().await?;
     let (first_tick, folded) = tick(&store).await?;

@@ -120,20 +120,7 @@ async fn one_size(n: u64, args: &ScaleArgs) -> anyhow::Result<Row> {
         now_ms: drover_server::now().as_millis(),
         types: ONE_TYPE,
     };
-    let body =
-        reqwest::Body::wrap_stream(futures::stream::iter((0..n).step_by(10_000).map(
-            move |from| Ok::<_, std::io::Error>(fleet.chunk(from, (from + 10_000).min(n))),
-        )));
-    let response = http
-        .post(format!("{base}/api/v1/devices/import"))
-        .bearer_auth(BENCH_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("import failed: {}", response.text().await?);
-    }
+    crate::bench::import_fleet(&http, &base, fleet).await?;
     let import = started.elapsed();
     store.analyze().await?;
     upload(&http, &base).await?;

@@ -8,19 +8,18 @@
 //! the binaries when they are not `/usr/bin/chromium` and `chromedriver` on the PATH). Under
 //! `CI=true` the suite must run: a missing variable or browser fails instead of skipping.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use drover_server::{RunningServer, ServerConfig};
-use drover_store::testing::TempDir;
+use common::{spawn_server, TestServer, ADMIN_TOKEN};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-const ADMIN_TOKEN: &str = "drv_test_admin_token_0123456789";
 
 /// One browser at a time: two Chromiums and a cargo build do not fit on two cores.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -228,36 +227,10 @@ impl Browser {
     }
 }
 
-struct App {
-    base: String,
-    server: RunningServer,
-    dir: TempDir,
-    http: reqwest::Client,
-}
-
-impl App {
-    async fn start() -> App {
-        let dir = TempDir::new();
-        let mut config = ServerConfig::with_data_dir(&dir.path);
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.mqtt = drover_server::mqtt::MqttConfig::Embedded {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        };
-        config.admin_token = Some(ADMIN_TOKEN.to_owned());
-        let server = drover_server::start(config, std::future::pending())
-            .await
-            .expect("server starts");
-        App {
-            base: format!("http://{}", server.addr),
-            server,
-            dir,
-            http: reqwest::Client::new(),
-        }
-    }
-
+/// The fixture's requests, as the admin.
+impl TestServer {
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self
-            .http
+        let mut request = reqwest::Client::new()
             .request(method, format!("{}/api/v1{path}", self.base))
             .bearer_auth(ADMIN_TOKEN);
         if let Some(body) = body {
@@ -330,7 +303,7 @@ async fn an_operator_logs_in_searches_devices_and_pauses_a_rollout_and_a_viewer_
         return;
     }
     let _one = ONE_BROWSER.lock().await;
-    let app = App::start().await;
+    let app = spawn_server().await;
     let rollout = app.fixture().await;
     let viewer = app
         .api(

@@ -2,36 +2,11 @@
 //! fresh SQLite store, then runs the `drover` binary against it and checks what it prints and its
 //! exit code.
 
-use drover_server::{RunningServer, ServerConfig};
+mod common;
+
+use common::{spawn_server, TestServer, ADMIN_TOKEN};
 use drover_store::testing::TempDir;
 use serde_json::{json, Value};
-
-const ADMIN_TOKEN: &str = "drv_test_admin_token_0123456789";
-
-/// A running server on a fresh store.
-struct TestServer {
-    base: String,
-    server: RunningServer,
-    dir: TempDir,
-}
-
-async fn spawn_server() -> TestServer {
-    let dir = TempDir::new();
-    let mut config = ServerConfig::with_data_dir(&dir.path);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.mqtt = drover_server::mqtt::MqttConfig::Embedded {
-        listen: "127.0.0.1:0".parse().unwrap(),
-    };
-    config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    let server = drover_server::start(config, std::future::pending())
-        .await
-        .expect("server starts");
-    TestServer {
-        base: format!("http://{}", server.addr),
-        server,
-        dir,
-    }
-}
 
 /// What one run of the binary did.
 #[derive(Debug)]

@@ -94,8 +94,8 @@ pub fn routes() -> Router<AppState> {
     let mut router = Router::new()
         .route("/ui/login", post(login))
         .route("/ui/logout", post(logout));
-    for (path, _, _) in FILES {
-        router = router.route(path, get(move |headers: HeaderMap| serve(path, headers)));
+    for (index, (path, _, _)) in FILES.iter().enumerate() {
+        router = router.route(path, get(move |headers: HeaderMap| serve(index, headers)));
     }
     router
 }
@@ -118,10 +118,8 @@ fn hex_prefix(bytes: &[u8]) -> String {
     bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn serve(path: &str, headers: HeaderMap) -> Response {
-    let Some(index) = FILES.iter().position(|(p, _, _)| *p == path) else {
-        return ApiError::not_found(format!("no such file: {path}")).into_response();
-    };
+/// Serves `FILES[index]`, or 304 when the browser's copy is current.
+async fn serve(index: usize, headers: HeaderMap) -> Response {
     let (_, content_type, body) = FILES[index];
     let etag = &etags()[index];
     let fresh = headers

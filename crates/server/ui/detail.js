@@ -3,7 +3,7 @@
 // commands) and one job (progress, executions and their results).
 
 import * as api from "./api.js";
-import { h, mount, num, pct, when, time, badge, link, table, facts, json, section, notice } from "./dom.js";
+import { h, mount, num, pct, when, badge, link, table, facts, json, section, notice } from "./dom.js";
 import { barChart, lineChart, progress, PALETTE } from "./charts.js";
 import { jobProgress } from "./pages.js";
 
@@ -418,4 +418,3 @@ export function job(params, ctx) {
   return { node, refresh };
 }
 
-export { time };

@@ -1219,7 +1219,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<HealthSample>, StoreError> {
         let id = id.clone();
-        with_db!(self, read, |db| ops::health::samples(db, &id, since, limit).await)
+        with_db!(self, read, |db| ops::health::samples(db, &id, since, limit)
+            .await)
     }
 
     /// Rollups of one metric for one firmware version over `[from, to)`.
@@ -1455,7 +1456,8 @@ impl Store {
     /// Checks an operator token secret; returns who it belongs to, or why it is refused.
     /// Deletes dashboard sessions that expired or were revoked before `before`; returns how many.
     pub async fn prune_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
-        with_db!(self, write, |db| ops::auth::prune_sessions(db, before).await)
+        with_db!(self, write, |db| ops::auth::prune_sessions(db, before)
+            .await)
     }
 
     /// Ends a web session by revoking its token, even when it is the last admin token.
