@@ -1,4 +1,5 @@
-//! Prometheus metrics: HTTP requests by route and status, latency histograms, devices by status.
+//! Prometheus metrics: HTTP requests by route and status, latency histograms, devices by status,
+//! MQTT traffic and connections, SQLite memory.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -59,6 +60,8 @@ pub struct Metrics {
     pub mqtt_sent: Counter,
     /// Devices connected to the embedded broker.
     pub mqtt_connections: Gauge,
+    /// Heap memory SQLite holds, read at each scrape.
+    sqlite_memory: Gauge,
     /// When the device gauges were last refreshed: counting a large fleet on every scrape would let
     /// a scraper load the database, so counts are at most this old.
     devices_refreshed: Mutex<Option<Instant>>,
@@ -115,6 +118,12 @@ impl Metrics {
             "Devices connected to the embedded MQTT broker",
             mqtt_connections.clone(),
         );
+        let sqlite_memory = Gauge::default();
+        registry.register(
+            "sqlite_memory_bytes",
+            "Heap memory SQLite holds (page caches, statements) across the store's connections; 0 on PostgreSQL",
+            sqlite_memory.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -125,6 +134,7 @@ impl Metrics {
             mqtt_received,
             mqtt_sent,
             mqtt_connections,
+            sqlite_memory,
             devices_refreshed: Mutex::new(None),
         }
     }
@@ -164,6 +174,8 @@ impl Metrics {
                 Err(e) => tracing::warn!(error = %e, "cannot count devices for metrics"),
             }
         }
+        self.sqlite_memory
+            .set(i64::try_from(drover_store::sqlite_memory_used()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");

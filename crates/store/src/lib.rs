@@ -55,6 +55,7 @@ pub use ops::jobs::{JobTickOutcome, ReportOutcome as JobReportOutcome};
 pub use ops::provision::{ProvisionOptions, ProvisionOutcome};
 pub use ops::rollouts::TickOutcome;
 pub use ops::tuf::{StoredKey, StoredMetadata};
+pub use sqlite::memory_used as sqlite_memory_used;
 
 use crate::db::Db;
 use crate::postgres::PgBackend;

@@ -18,6 +18,13 @@ use crate::StoreError;
 /// Number of read connections: enough for the HTTP server's concurrency on small machines.
 const READERS: usize = 4;
 
+/// Heap memory SQLite holds in this process (page caches, prepared statements, schemas) across
+/// every connection of every SQLite store; bounded by each connection's `cache_size`.
+pub fn memory_used() -> u64 {
+    // SAFETY: sqlite3_memory_used only reads SQLite's global allocation counter.
+    u64::try_from(unsafe { rusqlite::ffi::sqlite3_memory_used() }).unwrap_or(0)
+}
+
 /// Shared handle to one SQLite database file.
 #[derive(Clone)]
 pub struct SqliteBackend {

@@ -38,7 +38,7 @@ pub struct Dispatcher<Io> {
 }
 
 /// Initial capacity of a connection's read and write buffers (Drover patch).
-const CONNECTION_BUFFER: usize = 1024;
+const CONNECTION_BUFFER: usize = 256;
 
 impl<Io> Dispatcher<Io>
 where
@@ -51,7 +51,7 @@ where
         cert_info: Option<CertInfo>,
         cfg: Arc<Builder>,
     ) -> Self {
-        // Drover patch: start each connection's read and write buffers at 1 KiB instead of
+        // Drover patch: start each connection's read and write buffers at 256 bytes instead of
         // tokio-util's 8 KiB each; they grow on demand for large packets. Most connections are
         // idle devices exchanging small packets, and the two default buffers were most of their
         // memory.
