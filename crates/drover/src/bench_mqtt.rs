@@ -521,7 +521,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         println!();
         println!("Per idle connection, in bytes (Drover's resident memory {:.1} MiB before, {:.1} MiB with the connections):", mib(before.rss), mib(after.rss));
         println!();
-        println!("| broker | resident (VmRSS) | of which SQLite's mapped database file | of which SQLite's page caches | the broker's own (anonymous, less SQLite) | ratio to anchor (own) |");
+        println!("| broker | resident (VmRSS) | of which mapped files (SQLite's database, program code) | of which SQLite's page caches | the broker's own (anonymous, less SQLite) | ratio to anchor (own) |");
         println!("|---|---:|---:|---:|---:|---:|");
         if let Some(anchor) = anchor {
             println!("| anchor: Mosquitto | {anchor:.0} | | | {anchor:.0} | 1.00 |");
