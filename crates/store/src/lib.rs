@@ -1195,15 +1195,18 @@ impl Store {
 
     // ---- health ---------------------------------------------------------------------------------
 
-    /// Stores a batch of heartbeats in one transaction (group commit); returns how many belonged
-    /// to live devices and were stored.
+    /// Stores a batch of heartbeats in one transaction (group commit), synced to disk before it
+    /// returns; returns how many belonged to live devices and were stored.
     pub async fn record_heartbeats(
         &self,
         records: Vec<HeartbeatRecord>,
         options: IngestOptions,
     ) -> Result<u64, StoreError> {
-        with_db!(self, write, |db| ops::health::record(db, records, options)
-            .await)
+        // One sync per group commit: an acknowledged heartbeat survives power loss too.
+        with_db!(self, write_synced, |db| ops::health::record(
+            db, records, options
+        )
+        .await)
     }
 
     /// A device's latest reported health.

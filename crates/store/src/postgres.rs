@@ -42,6 +42,15 @@ impl PgBackend {
         Ok(backend)
     }
 
+    /// [`Self::write`]: a PostgreSQL commit is already synced to disk (`synchronous_commit`, on by
+    /// default). The counterpart of the SQLite backend's `write_synced`.
+    pub async fn write_synced<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(PgConn<'c>) -> BoxFuture<'c, Result<T, StoreError>>,
+    {
+        self.write(op).await
+    }
+
     /// Runs `op` in a transaction, committing if it returns `Ok`.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
