@@ -538,8 +538,8 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     result
 }
 
-/// How long the connections stay before memory is read again: the broker finishes the
-/// connections' bookkeeping, and the store writes their connectivity.
+/// How long the connections stay before memory is read again, so that the broker has finished
+/// setting them up.
 const SETTLE: Duration = Duration::from_secs(10);
 
 fn mib(bytes: u64) -> f64 {

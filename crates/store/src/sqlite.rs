@@ -92,6 +92,7 @@ impl SqliteBackend {
         self.write_with(true, op).await
     }
 
+    /// [`Self::write`] or [`Self::write_synced`] on the blocking pool.
     async fn write_with<T, F>(&self, synced: bool, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -118,28 +119,26 @@ impl SqliteBackend {
         .map_err(|e| StoreError::Backend(format!("sqlite worker failed: {e}")))?
     }
 
+    /// Runs `op` in an immediate transaction on the writer, committing if it returns `Ok`.
     fn transaction<T, F>(conn: &mut Connection, op: F) -> Result<T, StoreError>
     where
         F: for<'c> FnOnce(SqliteConn<'c>) -> LocalBoxFuture<'c, Result<T, StoreError>>,
     {
-        {
-            conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(StoreError::sqlite)?;
-            let result = futures::executor::block_on(op(SqliteConn { conn }));
-            match result {
-                Ok(value) => match conn.execute_batch("COMMIT") {
-                    Ok(()) => Ok(value),
-                    Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        Err(StoreError::sqlite(e))
-                    }
-                },
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::sqlite)?;
+        match futures::executor::block_on(op(SqliteConn { conn })) {
+            Ok(value) => match conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(value),
                 Err(e) => {
-                    if !conn.is_autocommit() {
-                        let _ = conn.execute_batch("ROLLBACK");
-                    }
-                    Err(e)
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(StoreError::sqlite(e))
                 }
+            },
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
             }
         }
     }

@@ -226,7 +226,7 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
         match l.accept().await {
             Ok(accept) => {
                 let scx = scx.clone();
-                let fut = async move {
+                tokio::spawn(async move {
                     // Extract before `accept.tcp()` consumes the acceptor.
                     let remote_addr = accept.remote_addr;
                     log::debug!("TCP connection from {remote_addr}");
@@ -239,8 +239,9 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    // DROVER PATCH: each step boxed, so that an idle connection's task holds only the step
-                    // it is in (see vendor/rmqtt/DROVER-PATCH.md).
+                    // DROVER PATCH: the version probe is boxed, and `process` boxes the handshake and
+                    // the session, so an idle connection's task holds none of them inline
+                    // (see vendor/rmqtt/DROVER-PATCH.md).
                     match Box::pin(stream.mqtt()).await {
                         Ok(MqttStream::V3(s)) => {
                             if let Err(e) = v3::process(scx.clone(), s, lid).await {
@@ -256,8 +257,7 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
                             log::info!("MQTT version detection failed: {e}, from: {remote_addr}");
                         }
                     }
-                };
-                tokio::spawn(fut);
+                });
             }
             Err(e) => {
                 log::info!("TCP listener error: {e}");

@@ -35,15 +35,15 @@
 //! # Limits and memory
 //! Packets larger than `max_body_bytes + 1024` are refused by the broker's decoder, which closes
 //! the connection (MQTT 3.1.1 has no other way; MQTT 5 clients are told the limit in CONNACK's
-//! Maximum Packet Size). The options favour many idle devices: no retained messages, no stored or offline
-//! messages (a session ends with its connection, see [`SESSION_EXPIRY_CAP`]), a small in-flight
-//! window and queue, QoS ≤ 1, few subscriptions per device, and no CPU-load sampling. Each
-//! connection also keeps a read and a write buffer (256 bytes to start, growing to the largest
-//! packet it carried) and one retry timer besides keepalive; the vendored rmqtt and rmqtt-net
-//! (`vendor/`) keep those buffers small and a connection's handshake and teardown out of its
-//! idle state. rmqtt also leaves closing the
-//! socket after a DISCONNECT to the client (as MQTT requires of it): a client that does not close
-//! it holds its connection until its keepalive runs out.
+//! Maximum Packet Size). The options favour many idle devices: no retained messages, no stored or
+//! offline messages (a session ends with its connection, see [`SESSION_EXPIRY_CAP`]), a small
+//! in-flight window and queue, QoS ≤ 1, few subscriptions per device, and no CPU-load sampling.
+//! Each connection also keeps a read and a write buffer (256 bytes to start, growing to the
+//! largest packet it carried) and one retry timer besides keepalive; the vendored rmqtt and
+//! rmqtt-net (`vendor/`) keep those buffers small and a connection's handshake and teardown out of
+//! its idle state. rmqtt also leaves closing the socket after a DISCONNECT to the client (as MQTT
+//! requires of it): a client that does not close it holds its connection until its keepalive runs
+//! out.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
