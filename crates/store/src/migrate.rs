@@ -64,6 +64,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0008_fleet_rollups.sql"),
         postgres: include_str!("../migrations/postgres/0008_fleet_rollups.sql"),
     },
+    Migration {
+        version: 9,
+        name: "sample_chains",
+        sqlite: include_str!("../migrations/sqlite/0009_sample_chains.sql"),
+        postgres: include_str!("../migrations/postgres/0009_sample_chains.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying Drover's migration lock.
@@ -175,7 +181,57 @@ fn split_statements(sql: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_statements;
+    use super::{split_statements, MIGRATIONS};
+
+    /// Samples stored before migration 9 are linked into per-device chains, newest at the head.
+    #[test]
+    fn stored_samples_are_chained_per_device_by_the_migration() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let apply = |sql: &str| {
+            for statement in split_statements(sql) {
+                conn.execute_batch(&statement).unwrap();
+            }
+        };
+        for migration in MIGRATIONS.iter().filter(|m| m.version < 9) {
+            apply(migration.sqlite);
+        }
+        conn.execute_batch(
+            "INSERT INTO devices (seq, id, device_type, status, created_at, updated_at) VALUES
+                 (1, 'a', 't', 'active', 0, 0), (2, 'b', 't', 'active', 0, 0), (3, 'c', 't', 'active', 0, 0);
+             INSERT INTO device_health (device_seq, observed_at, received_at, metrics) VALUES
+                 (1, 30, 30, '{}'), (2, 20, 20, '{}'), (3, 0, 0, '{}');
+             -- b's second sample was buffered: observed before its first.
+             INSERT INTO heartbeat_samples (seq, device_seq, observed_at, metrics) VALUES
+                 (10, 1, 10, '{}'), (11, 2, 15, '{}'), (12, 1, 20, '{}'), (13, 2, 5, '{}'), (14, 1, 30, '{}');",
+        )
+        .unwrap();
+        apply(MIGRATIONS.iter().find(|m| m.version == 9).unwrap().sqlite);
+        let rows: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT seq, prev, received_at FROM heartbeat_samples ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (10, 0, 10),
+                (11, 0, 15),
+                (12, 10, 20),
+                (13, 11, 15),
+                (14, 12, 30)
+            ]
+        );
+        let heads: Vec<i64> = conn
+            .prepare("SELECT last_sample FROM device_health ORDER BY device_seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(heads, vec![14, 13, 0]);
+    }
 
     #[test]
     fn function_and_trigger_bodies_stay_in_one_statement() {

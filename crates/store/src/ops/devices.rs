@@ -492,6 +492,18 @@ pub async fn delete<D: Db>(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let (seq, before) = get_with_seq(db, id, true).await?;
+    // Raw samples do not reference the device (see migration 0009): its chain goes first, while
+    // its latest-health row still names the head.
+    let chain = crate::ops::health::sample_chain_cte(
+        "SELECT last_sample FROM device_health WHERE device_seq = $1",
+        &[],
+        "0",
+    );
+    db.execute(
+        &format!("{chain} DELETE FROM heartbeat_samples WHERE seq IN (SELECT seq FROM chain)"),
+        &[Value::Int(seq)],
+    )
+    .await?;
     db.execute("DELETE FROM devices WHERE seq = $1", &[Value::Int(seq)])
         .await?;
     audit::record(

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use drover_core::health::{bucket_start, MetricName, QuantileSketch, Rollup};
+use drover_core::query::Dialect;
 use drover_core::{Connectivity, DeviceId, Duration, LinkQuality, Timestamp, Version};
 use drover_proto::device_api::Heartbeat;
 
@@ -72,33 +73,55 @@ pub async fn record<D: Db>(
     let mut devices: HashMap<String, (i64, String)> = HashMap::new();
     // Connectivity before this batch, to record transitions, and when the stored latest health
     // was observed: a buffered heartbeat older than that says nothing about the link now.
-    let mut previous: HashMap<i64, String> = HashMap::new();
+    let mut previous: HashMap<i64, (String, i64)> = HashMap::new();
     let mut stored_observed: HashMap<i64, Timestamp> = HashMap::new();
+    // Per device: the newest sample of its chain (0 for none), advanced as this batch appends.
+    let mut chain_head: HashMap<i64, i64> = HashMap::new();
     let ids: Vec<Value> = {
         let mut ids: Vec<&str> = records.iter().map(|r| r.device.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
         ids.into_iter().map(Value::from).collect()
     };
+    // On PostgreSQL the device rows are locked here, before their sample chains are read, so
+    // replicas extending the same chain take turns (SQLite's single writer already does).
+    let lock = match db.dialect() {
+        Dialect::Postgres => " FOR UPDATE OF d",
+        Dialect::Sqlite => "",
+    };
     for chunk in ids.chunks(CHUNK) {
         let sql = format!(
-            "SELECT d.id, d.seq, d.firmware, d.connectivity,
-                    (SELECT h.observed_at FROM device_health h WHERE h.device_seq = d.seq)
-             FROM devices d WHERE d.id IN ({}) AND d.status <> 'decommissioned'",
+            "SELECT d.id, d.seq, d.firmware, d.connectivity, h.observed_at, h.last_sample, d.link_score
+             FROM devices d LEFT JOIN device_health h ON h.device_seq = d.seq
+             WHERE d.id IN ({}) AND d.status <> 'decommissioned'{lock}",
             placeholders(1, chunk.len())
         );
         for row in db.query(&sql, chunk).await? {
-            devices.insert(row.text(0)?, (row.int(1)?, row.text(2)?));
-            previous.insert(row.int(1)?, row.text(3)?);
+            let seq = row.int(1)?;
+            devices.insert(row.text(0)?, (seq, row.text(2)?));
+            previous.insert(seq, (row.text(3)?, row.int(6)?));
             if let Some(at) = row.opt_int(4)? {
-                stored_observed.insert(row.int(1)?, Timestamp::from_millis(at));
+                stored_observed.insert(seq, Timestamp::from_millis(at));
             }
+            chain_head.insert(seq, row.opt_int(5)?.unwrap_or(0));
         }
     }
+    let accepted_records = records
+        .iter()
+        .filter(|r| devices.contains_key(r.device.as_str()))
+        .count();
+    let mut sample_seqs = allocate_sample_seqs(db, accepted_records)
+        .await?
+        .into_iter();
 
     let mut accepted = 0u64;
-    let mut samples: Vec<(i64, Timestamp, String)> = Vec::new();
-    let mut rollups: BTreeMap<(String, String, i64), Rollup> = BTreeMap::new();
+    // (seq, device, previous sample of the device, observed, received, metrics)
+    let mut samples: Vec<(i64, i64, i64, Timestamp, Timestamp, String)> = Vec::new();
+    // Rollups by (cohort, metric, bucket), the cohort numbered in `cohorts`: no strings are built
+    // per heartbeat.
+    let mut cohorts: Vec<String> = Vec::new();
+    let mut cohort_numbers: HashMap<String, usize> = HashMap::new();
+    let mut rollups: HashMap<(usize, &MetricName, i64), Rollup> = HashMap::new();
     // Per device: newest observation in this batch, and the last reported firmware.
     let mut latest: HashMap<i64, (Timestamp, Timestamp, Option<String>, String)> = HashMap::new();
     let mut seen: HashMap<i64, Timestamp> = HashMap::new();
@@ -117,20 +140,33 @@ pub async fn record<D: Db>(
             .unwrap_or(record.received_at)
             .min(record.received_at);
         let metrics_json = metrics_json(&heartbeat.metrics);
-        samples.push((*seq, observed, metrics_json.clone()));
-        let cohort = heartbeat
-            .firmware
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| {
-                firmware
-                    .get(seq)
-                    .map_or_else(|| stored_firmware.clone(), ToString::to_string)
-            });
+        let sample = sample_seqs.next().ok_or_else(|| {
+            StoreError::Backend("fewer sample numbers allocated than samples".into())
+        })?;
+        let prev = chain_head.insert(*seq, sample).unwrap_or(0);
+        samples.push((
+            sample,
+            *seq,
+            prev,
+            observed,
+            record.received_at,
+            metrics_json.clone(),
+        ));
+        let reported = heartbeat.firmware.as_ref().or_else(|| firmware.get(seq));
+        let reported_text = reported.map(ToString::to_string);
+        let cohort = reported_text.as_deref().unwrap_or(stored_firmware);
+        let cohort = match cohort_numbers.get(cohort) {
+            Some(number) => *number,
+            None => {
+                cohort_numbers.insert(cohort.to_owned(), cohorts.len());
+                cohorts.push(cohort.to_owned());
+                cohorts.len() - 1
+            }
+        };
         let bucket = bucket_start(observed, options.bucket).as_millis();
         for (name, value) in &heartbeat.metrics {
             rollups
-                .entry((cohort.clone(), name.to_string(), bucket))
+                .entry((cohort, name, bucket))
                 .or_default()
                 .add(*value);
         }
@@ -179,7 +215,9 @@ pub async fn record<D: Db>(
     // Last seen and connectivity: one statement per device. Every device in the batch has an
     // entry in `reach` (its first heartbeat is always its newest so far).
     for (seq, (state, score, deadline, observed)) in &reach {
-        let before = previous.get(seq).map_or("unknown", String::as_str);
+        let (before, stored_score) = previous
+            .get(seq)
+            .map_or(("unknown", -1), |(state, score)| (state.as_str(), *score));
         // A reading older than the stored latest one does not speak for the link while the
         // device is reachable: it only extends the deadline. After silence it is the only news.
         let current = stored_observed
@@ -187,7 +225,17 @@ pub async fn record<D: Db>(
             .is_none_or(|stored| observed >= stored)
             || matches!(before, "offline" | "unknown");
         let last_seen = seen[seq];
-        let after = if current {
+        let after = if current && state.as_str() == before && i64::from(*score) == stored_score {
+            // The usual heartbeat: the link is as it was; only the times move.
+            db.execute(
+                "UPDATE devices SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END,
+                        offline_after = $2
+                 WHERE seq = $3",
+                &[ts(last_seen), ts(*deadline), Value::Int(*seq)],
+            )
+            .await?;
+            before
+        } else if current {
             db.execute(
                 "UPDATE devices SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END,
                         connectivity = $2, link_score = $3, offline_after = $4
@@ -217,16 +265,21 @@ pub async fn record<D: Db>(
         )
         .await?;
     }
-    // Latest health: only replaced by a newer observation (buffered heartbeats arrive late). One
-    // multi-row upsert per chunk; each device appears once.
+    // Latest health: only replaced by a newer observation (buffered heartbeats arrive late); the
+    // head of the sample chain always advances. One multi-row upsert per chunk; each device
+    // appears once.
     let latest: Vec<_> = latest.into_iter().collect();
     for chunk in latest.chunks(CHUNK) {
+        let newer = "device_health.observed_at <= excluded.observed_at";
         let sql = format!(
-            "INSERT INTO device_health (device_seq, observed_at, received_at, metrics, boot_slot) VALUES {}
-             ON CONFLICT (device_seq) DO UPDATE SET observed_at = excluded.observed_at, received_at = excluded.received_at,
-                 metrics = excluded.metrics, boot_slot = excluded.boot_slot
-             WHERE device_health.observed_at <= excluded.observed_at",
-            value_rows(chunk.len(), 5)
+            "INSERT INTO device_health (device_seq, observed_at, received_at, metrics, boot_slot, last_sample) VALUES {}
+             ON CONFLICT (device_seq) DO UPDATE SET
+                 observed_at = CASE WHEN {newer} THEN excluded.observed_at ELSE device_health.observed_at END,
+                 received_at = CASE WHEN {newer} THEN excluded.received_at ELSE device_health.received_at END,
+                 metrics = CASE WHEN {newer} THEN excluded.metrics ELSE device_health.metrics END,
+                 boot_slot = CASE WHEN {newer} THEN excluded.boot_slot ELSE device_health.boot_slot END,
+                 last_sample = excluded.last_sample",
+            value_rows(chunk.len(), 6)
         );
         let params: Vec<Value> = chunk
             .iter()
@@ -237,36 +290,101 @@ pub async fn record<D: Db>(
                     ts(*received),
                     Value::from(metrics.as_str()),
                     Value::from(slot.clone().unwrap_or_default()),
+                    Value::Int(chain_head.get(seq).copied().unwrap_or(0)),
                 ]
             })
             .collect();
         db.execute(&sql, &params).await?;
     }
+    // Samples are appended with the numbers allocated above (see migration 0009).
+    let overriding = match db.dialect() {
+        Dialect::Postgres => " OVERRIDING SYSTEM VALUE",
+        Dialect::Sqlite => "",
+    };
     for chunk in samples.chunks(CHUNK) {
         let sql = format!(
-            "INSERT INTO heartbeat_samples (device_seq, observed_at, metrics) VALUES {}",
-            value_rows(chunk.len(), 3)
+            "INSERT INTO heartbeat_samples (seq, device_seq, prev, observed_at, received_at, metrics){overriding} VALUES {}",
+            value_rows(chunk.len(), 6)
         );
         let params: Vec<Value> = chunk
             .iter()
-            .flat_map(|(seq, at, metrics)| {
-                [Value::Int(*seq), ts(*at), Value::from(metrics.as_str())]
+            .flat_map(|(sample, seq, prev, observed, received, metrics)| {
+                [
+                    Value::Int(*sample),
+                    Value::Int(*seq),
+                    Value::Int(*prev),
+                    ts(*observed),
+                    ts(*received),
+                    Value::from(metrics.as_str()),
+                ]
             })
             .collect();
         db.execute(&sql, &params).await?;
     }
+    // In key order, so that PostgreSQL replicas lock rollup rows in the same order.
+    let mut rollups: Vec<_> = rollups
+        .into_iter()
+        .map(|((cohort, metric, bucket), rollup)| {
+            ((cohorts[cohort].as_str(), metric.as_str(), bucket), rollup)
+        })
+        .collect();
+    rollups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for ((cohort, metric, bucket), rollup) in rollups {
-        merge_rollup(db, &cohort, &metric, bucket, rollup).await?;
+        merge_rollup(db, cohort, metric, bucket, rollup).await?;
     }
     Ok(accepted)
 }
 
+/// `n` new sample numbers, ascending. SQLite's single writer continues after the largest stored;
+/// PostgreSQL draws them from the table's identity sequence, which concurrent replicas share.
+async fn allocate_sample_seqs<D: Db>(db: &mut D, n: usize) -> Result<Vec<i64>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let count = i64::try_from(n).unwrap_or(i64::MAX);
+    match db.dialect() {
+        Dialect::Sqlite => {
+            let last = db
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM heartbeat_samples", &[])
+                .await?
+                .int(0)?;
+            Ok((1..=count).map(|k| last + k).collect())
+        }
+        Dialect::Postgres => {
+            let mut seqs = db
+                .query(
+                    "SELECT nextval(pg_get_serial_sequence('heartbeat_samples', 'seq')) FROM generate_series(1, $1)",
+                    &[Value::Int(count)],
+                )
+                .await?
+                .iter()
+                .map(|row| row.int(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            seqs.sort_unstable();
+            Ok(seqs)
+        }
+    }
+}
+
+/// The recursive walk over the sample chains that start at `anchor` (a query yielding the head
+/// sample's seq first, then any columns to carry along, named by `carried`), back to samples
+/// received at or after `$since`. Yields `chain (seq, carried...)`; join `heartbeat_samples`
+/// on `seq` for the rows (the walk's last step may be a sample received before `$since`).
+pub(crate) fn sample_chain_cte(anchor: &str, carried: &[&str], since: &str) -> String {
+    let columns: String = carried.iter().map(|c| format!(", {c}")).collect();
+    let carry: String = carried.iter().map(|c| format!(", c.{c}")).collect();
+    format!(
+        "WITH RECURSIVE chain (seq{columns}) AS (
+             {anchor}
+             UNION ALL
+             SELECT s.prev{carry} FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq
+             WHERE s.received_at >= {since} AND s.prev < s.seq
+         )"
+    )
+}
+
 fn metrics_json(metrics: &BTreeMap<MetricName, f64>) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = metrics
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-        .collect();
-    serde_json::Value::Object(map).to_string()
+    serde_json::to_string(metrics).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Adds `rollup` into the stored row for its key (read, merge, write; the row is locked on
@@ -350,17 +468,25 @@ pub struct HealthSample {
 }
 
 /// A device's raw heartbeat samples observed at or after `since`, oldest first, at most `limit`
-/// (the newest `limit` when there are more). Served from the `(device_seq, observed_at)` index.
+/// (the newest `limit` when there are more). Walks the device's sample chain back to `since`, so
+/// the cost grows with the samples it received since then.
 pub async fn samples<D: Db>(
     db: &mut D,
     id: &DeviceId,
     since: Timestamp,
     limit: usize,
 ) -> Result<Vec<HealthSample>, StoreError> {
+    let chain = sample_chain_cte(
+        "SELECT h.last_sample FROM device_health h JOIN devices d ON d.seq = h.device_seq WHERE d.id = $1",
+        &[],
+        "$2",
+    );
     let rows = db
         .query(
-            "SELECT s.observed_at, s.metrics FROM heartbeat_samples s JOIN devices d ON d.seq = s.device_seq \
-             WHERE d.id = $1 AND s.observed_at >= $2 ORDER BY s.observed_at DESC LIMIT $3",
+            &format!(
+                "{chain} SELECT s.observed_at, s.metrics FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq \
+                 WHERE s.observed_at >= $2 ORDER BY s.observed_at DESC, s.seq DESC LIMIT $3"
+            ),
             &[
                 Value::from(id.as_str()),
                 ts(since),
@@ -452,10 +578,11 @@ pub async fn metric_rollups<D: Db>(
     Ok(out)
 }
 
-/// Deletes raw samples observed before `before`; returns how many.
+/// Deletes raw samples received before `before`; returns how many. Pruning by receipt cuts each
+/// device's sample chain only at its old end.
 pub async fn prune_samples<D: Db>(db: &mut D, before: Timestamp) -> Result<u64, StoreError> {
     db.execute(
-        "DELETE FROM heartbeat_samples WHERE observed_at < $1",
+        "DELETE FROM heartbeat_samples WHERE received_at < $1",
         &[ts(before)],
     )
     .await

@@ -1108,6 +1108,29 @@ impl Cohort {
             Cohort::Baseline => "r.baseline = 1 AND r.state = 'queued'",
         }
     }
+
+    /// `chain (seq, device_seq, finished_at)`: the samples of this cohort of rollout `$1` received
+    /// since `$2`, found by walking each device's sample chain back from its newest.
+    fn sample_chains(self) -> String {
+        crate::ops::health::sample_chain_cte(
+            &format!(
+                "SELECT h.last_sample, r.device_seq, r.finished_at FROM rollout_devices r
+                 JOIN device_health h ON h.device_seq = r.device_seq
+                 WHERE r.rollout_id = $1 AND {}",
+                self.filter()
+            ),
+            &["device_seq", "finished_at"],
+            "$2",
+        )
+    }
+
+    /// A canary device's samples count only from when it finished updating.
+    fn after_update(self) -> &'static str {
+        match self {
+            Cohort::Canary => " AND s.observed_at >= c.finished_at",
+            Cohort::Baseline => "",
+        }
+    }
 }
 
 /// Per device, per metric: (sum, count) of the values in its heartbeats since `since`.
@@ -1118,17 +1141,13 @@ async fn cohort_samples<D: Db>(
     since: Timestamp,
     metrics: &[&str],
 ) -> Result<HashMap<i64, Vec<(f64, u64)>>, StoreError> {
-    let after_update = match cohort {
-        Cohort::Canary => " AND s.observed_at >= r.finished_at",
-        Cohort::Baseline => "",
-    };
     let rows = db
         .query(
             &format!(
-                "SELECT s.device_seq, s.metrics FROM rollout_devices r
-                 JOIN heartbeat_samples s ON s.device_seq = r.device_seq
-                 WHERE r.rollout_id = $1 AND {} AND s.observed_at >= $2{after_update}",
-                cohort.filter()
+                "{} SELECT c.device_seq, s.metrics FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq
+                 WHERE s.observed_at >= $2{}",
+                cohort.sample_chains(),
+                cohort.after_update()
             ),
             &[Value::Int(ctx.id.0), ts(since)],
         )
@@ -1176,17 +1195,13 @@ async fn crash_increment<D: Db>(
     let since = Timestamp::from_millis(first);
     let mut totals = [(0u64, 0.0f64); 2];
     for (slot, cohort) in [Cohort::Canary, Cohort::Baseline].into_iter().enumerate() {
-        let after_update = match cohort {
-            Cohort::Canary => " AND s.observed_at >= r.finished_at",
-            Cohort::Baseline => "",
-        };
         let rows = db
             .query(
                 &format!(
-                    "SELECT s.device_seq, s.observed_at, s.metrics FROM rollout_devices r
-                     JOIN heartbeat_samples s ON s.device_seq = r.device_seq
-                     WHERE r.rollout_id = $1 AND {} AND s.observed_at >= $2{after_update}",
-                    cohort.filter()
+                    "{} SELECT c.device_seq, s.observed_at, s.metrics FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq
+                     WHERE s.observed_at >= $2{}",
+                    cohort.sample_chains(),
+                    cohort.after_update()
                 ),
                 &[Value::Int(ctx.id.0), ts(since)],
             )

@@ -268,11 +268,11 @@ contract_tests! {
 /// Opening a database that is already migrated, even from two processes at once, changes nothing.
 async fn reopening_a_database_is_idempotent(url: String, backend: &'static str) {
     let store = open(&url, backend).await;
-    assert_eq!(store.schema_version().await.unwrap(), 8);
+    assert_eq!(store.schema_version().await.unwrap(), 9);
     create_active(&store, "dev-1", at(0)).await;
     let (again, concurrently) = tokio::join!(open(&url, backend), open(&url, backend));
     for reopened in [again, concurrently] {
-        assert_eq!(reopened.schema_version().await.unwrap(), 8);
+        assert_eq!(reopened.schema_version().await.unwrap(), 9);
         reopened.ping().await.unwrap();
         reopened.analyze().await.unwrap();
         assert_eq!(

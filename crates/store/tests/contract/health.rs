@@ -72,7 +72,45 @@ contract_tests! {
         assert_eq!((merged[0].rollup.count, merged[0].rollup.min), (3, 3.5));
         assert_eq!(merged[0].rollup.sketch.count(), 3);
 
-        assert_eq!(store.prune_heartbeat_samples(at(6)).await.unwrap(), 1, "only the buffered sample is older");
+        // Raw samples: every one kept, oldest observation first, the buffered one included.
+        let observed = |samples: Vec<drover_store::HealthSample>| samples.iter().map(|s| s.observed_at).collect::<Vec<_>>();
+        assert_eq!(observed(store.health_samples(&id("hb-1"), at(0), 100).await.unwrap()), vec![at(5), at(10)]);
+        assert_eq!(observed(store.health_samples(&id("hb-1"), at(6), 100).await.unwrap()), vec![at(10)]);
+        assert_eq!(observed(store.health_samples(&id("hb-2"), at(0), 1).await.unwrap()), vec![at(10)], "the newest, when limited");
+        assert_eq!(store.health_samples(&id("hb-2"), at(0), 100).await.unwrap().len(), 2);
+        // Retention counts from receipt: the buffered sample arrived at 10 like the others.
+        assert_eq!(store.prune_heartbeat_samples(at(6)).await.unwrap(), 0, "all were received at 10");
+        assert_eq!(store.prune_heartbeat_samples(at(11)).await.unwrap(), 4);
+        assert_eq!(store.health_samples(&id("hb-1"), at(0), 100).await.unwrap(), vec![]);
+    }
+
+    /// Each device's samples form a chain of their own across batches; a device's samples are
+    /// read back exactly, and deleting the device deletes its samples and no one else's.
+    async fn sample_chains_keep_each_devices_samples_apart(store: Store) {
+        for name in ["ch-a", "ch-b", "ch-c"] {
+            create_active(&store, name, at(0)).await;
+        }
+        let options = IngestOptions::default();
+        for minute in 1..=5 {
+            // Interleaved devices, a device twice in one batch, and batches that skip a device.
+            let mut batch = vec![heartbeat("ch-a", at(minute), None, None, &[("n", minute as f64)])];
+            if minute % 2 == 1 {
+                batch.push(heartbeat("ch-b", at(minute), None, None, &[("n", 10.0 + minute as f64)]));
+            }
+            batch.push(heartbeat("ch-a", at(minute), Some(Timestamp::from_millis(at(minute).as_millis() - 1000)), None, &[("n", 0.5)]));
+            store.record_heartbeats(batch, options).await.unwrap();
+        }
+        let values = |samples: Vec<drover_store::HealthSample>| samples.iter().map(|s| s.metrics["n"]).collect::<Vec<_>>();
+        assert_eq!(values(store.health_samples(&id("ch-a"), at(0), 100).await.unwrap()),
+                   vec![0.5, 1.0, 0.5, 2.0, 0.5, 3.0, 0.5, 4.0, 0.5, 5.0]);
+        assert_eq!(values(store.health_samples(&id("ch-b"), at(0), 100).await.unwrap()), vec![11.0, 13.0, 15.0]);
+        assert_eq!(values(store.health_samples(&id("ch-b"), at(3), 100).await.unwrap()), vec![13.0, 15.0]);
+        // Since minute 4: 4.0, the reading buffered just before minute 5, and 5.0; the newest two.
+        assert_eq!(values(store.health_samples(&id("ch-a"), at(4), 2).await.unwrap()), vec![0.5, 5.0]);
+        assert_eq!(store.health_samples(&id("ch-c"), at(0), 100).await.unwrap(), vec![]);
+
+        store.delete_device(&operator(), &id("ch-b"), at(6)).await.unwrap();
+        assert_eq!(store.prune_heartbeat_samples(at(100)).await.unwrap(), 10, "only ch-a's samples were left");
     }
 
     /// Heartbeats set devices online or degraded with a link score; the detector marks offline
