@@ -8,6 +8,7 @@
 //! the same connections.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -482,15 +483,16 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         println!("# drover bench mqtt-idle: {} idle connections, {} per client process", args.connections, args.per_process);
         let devices = enrol(&http, "idle", args.connections).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = Memory::of_drover(server.id(), &http).await?;
+        let before = Memory::of_drover(server.id(), &http, &dir.path).await?;
         let clients = connect_idle(&mqtt, &devices, args.per_process, true)?;
         tokio::time::sleep(SETTLE).await;
-        let after = Memory::of_drover(server.id(), &http).await?;
+        let after = Memory::of_drover(server.id(), &http, &dir.path).await?;
         drop_children(clients);
         let n = args.connections as f64;
         let per = |f: fn(&Memory) -> u64| f(&after).saturating_sub(f(&before)) as f64 / n;
         let drover_rss = per(|m| m.rss);
         let drover_file = per(|m| m.file);
+        let drover_once = per(|m| m.rss_data_once);
         let drover_sqlite = per(|m| m.sqlite);
         let drover_own = (after.anon.saturating_sub(before.anon) as f64
             - (after.sqlite as f64 - before.sqlite as f64))
@@ -521,13 +523,13 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         println!();
         println!("Per idle connection, in bytes (Drover's resident memory {:.1} MiB before, {:.1} MiB with the connections):", mib(before.rss), mib(after.rss));
         println!();
-        println!("| broker | resident (VmRSS) | of which mapped files (SQLite's database, program code) | of which SQLite's page caches | the broker's own (anonymous, less SQLite) | ratio to anchor (own) |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| broker | resident (VmRSS) | of which mapped files (SQLite's database, program code) | resident, the database's pages counted once | of which SQLite's page caches | the broker's own (anonymous, less SQLite) | ratio to anchor (own) |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         if let Some(anchor) = anchor {
-            println!("| anchor: Mosquitto | {anchor:.0} | | | {anchor:.0} | 1.00 |");
+            println!("| anchor: Mosquitto | {anchor:.0} | | {anchor:.0} | | {anchor:.0} | 1.00 |");
         }
         println!(
-            "| Drover embedded broker | {drover_rss:.0} | {drover_file:.0} | {drover_sqlite:.0} | {drover_own:.0} | {} |",
+            "| Drover embedded broker | {drover_rss:.0} | {drover_file:.0} | {drover_once:.0} | {drover_sqlite:.0} | {drover_own:.0} | {} |",
             ratio(drover_own)
         );
         Ok::<_, anyhow::Error>(())
@@ -552,6 +554,11 @@ fn mib(bytes: u64) -> f64 {
 #[derive(Debug, Clone, Copy, Default)]
 struct Memory {
     rss: u64,
+    /// VmRSS with each page of the data directory's files counted once: SQLite maps the database
+    /// once per connection (a writer and its readers), and VmRSS counts a page once per mapping.
+    /// Taken from `/proc/PID/smaps` as the proportional size (Pss) of those mappings, which no
+    /// other process shares, plus the resident size of every other mapping.
+    rss_data_once: u64,
     anon: u64,
     file: u64,
     sqlite: u64,
@@ -571,13 +578,14 @@ impl Memory {
         };
         Ok(Memory {
             rss: field("VmRSS:")?,
+            rss_data_once: 0,
             anon: field("RssAnon:")?,
             file: field("RssFile:")?,
             sqlite: 0,
         })
     }
 
-    async fn of_drover(pid: u32, http: &str) -> anyhow::Result<Memory> {
+    async fn of_drover(pid: u32, http: &str, data_dir: &Path) -> anyhow::Result<Memory> {
         let metrics = reqwest::get(format!("{http}/metrics"))
             .await?
             .text()
@@ -589,9 +597,38 @@ impl Memory {
             .context("no drover_sqlite_memory_bytes in /metrics")?;
         Ok(Memory {
             sqlite: sqlite as u64,
+            rss_data_once: resident_with_data_once(pid, data_dir)?,
             ..Memory::of_process(pid)?
         })
     }
+}
+
+/// See [`Memory::rss_data_once`].
+fn resident_with_data_once(pid: u32, data_dir: &Path) -> anyhow::Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let data_dir = data_dir.canonicalize()?;
+    let data_dir = data_dir.to_string_lossy();
+    let kib = |line: &str| {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let (mut total, mut in_data_dir) = (0, false);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, permissions, offset, device, inode, path.
+            in_data_dir = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|path| path.starts_with(&*data_dir));
+        } else if (in_data_dir && first == "Pss:") || (!in_data_dir && first == "Rss:") {
+            total += kib(line);
+        }
+    }
+    Ok(total)
 }
 
 /// Starts `mosquitto -p PORT` on a free loopback port (its default local-only, anonymous mode).
