@@ -11,6 +11,8 @@
 -- at its old end. Writers lock the device row before extending its chain.
 --
 -- Samples no longer reference devices: a deleted device's samples are deleted by walking its chain.
+-- Sample numbers come from the identity sequence and are never reused, so a chain can never lead
+-- into another device's samples; readers check the device as well.
 
 ALTER TABLE heartbeat_samples DROP CONSTRAINT heartbeat_samples_device_seq_fkey;
 ALTER TABLE heartbeat_samples ADD COLUMN prev BIGINT NOT NULL DEFAULT 0,

@@ -11,9 +11,11 @@
 -- chain is only ever cut at its old end.
 --
 -- Samples no longer reference devices: a deleted device's samples are deleted by walking its chain.
+-- Sample numbers are never reused (AUTOINCREMENT), even after retention emptied the table, so a
+-- chain can never lead into another device's samples; readers check the device as well.
 
 CREATE TABLE heartbeat_samples_chained (
-    seq         INTEGER PRIMARY KEY,
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     device_seq  INTEGER NOT NULL,
     prev        INTEGER NOT NULL,
     observed_at INTEGER NOT NULL,

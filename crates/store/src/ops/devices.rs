@@ -495,12 +495,15 @@ pub async fn delete<D: Db>(
     // Raw samples do not reference the device (see migration 0009): its chain goes first, while
     // its latest-health row still names the head.
     let chain = crate::ops::health::sample_chain_cte(
-        "SELECT last_sample FROM device_health WHERE device_seq = $1",
+        "SELECT last_sample, device_seq FROM device_health WHERE device_seq = $1",
         &[],
         "0",
     );
     db.execute(
-        &format!("{chain} DELETE FROM heartbeat_samples WHERE seq IN (SELECT seq FROM chain)"),
+        &format!(
+            "{chain} DELETE FROM heartbeat_samples WHERE seq IN (SELECT s.seq FROM {})",
+            crate::ops::health::SAMPLE_OF_CHAIN
+        ),
         &[Value::Int(seq)],
     )
     .await?;

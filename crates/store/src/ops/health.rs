@@ -335,8 +335,10 @@ pub async fn record<D: Db>(
     Ok(accepted)
 }
 
-/// `n` new sample numbers, ascending. SQLite's single writer continues after the largest stored;
-/// PostgreSQL draws them from the table's identity sequence, which concurrent replicas share.
+/// `n` new sample numbers, ascending, never used before (not even by a pruned sample, which a
+/// chain may still name). SQLite's single writer continues after the largest ever stored (the
+/// table is AUTOINCREMENT); PostgreSQL draws them from the table's identity sequence, which
+/// concurrent replicas share.
 async fn allocate_sample_seqs<D: Db>(db: &mut D, n: usize) -> Result<Vec<i64>, StoreError> {
     if n == 0 {
         return Ok(Vec::new());
@@ -345,7 +347,10 @@ async fn allocate_sample_seqs<D: Db>(db: &mut D, n: usize) -> Result<Vec<i64>, S
     match db.dialect() {
         Dialect::Sqlite => {
             let last = db
-                .query_one("SELECT COALESCE(MAX(seq), 0) FROM heartbeat_samples", &[])
+                .query_one(
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'heartbeat_samples'), 0)",
+                    &[],
+                )
                 .await?
                 .int(0)?;
             Ok((1..=count).map(|k| last + k).collect())
@@ -367,21 +372,27 @@ async fn allocate_sample_seqs<D: Db>(db: &mut D, n: usize) -> Result<Vec<i64>, S
 }
 
 /// The recursive walk over the sample chains that start at `anchor` (a query yielding the head
-/// sample's seq first, then any columns to carry along, named by `carried`), back to samples
-/// received at or after `$since`. Yields `chain (seq, carried...)`; join `heartbeat_samples`
-/// on `seq` for the rows (the walk's last step may be a sample received before `$since`).
+/// sample's seq, the device's seq, then any columns to carry along, named by `carried`), back to
+/// samples received at or after `since`. Yields `chain (seq, device_seq, carried...)`; read the
+/// rows with [`SAMPLE_OF_CHAIN`] (the walk's last step may be a sample received before `since`,
+/// or one pruned).
 pub(crate) fn sample_chain_cte(anchor: &str, carried: &[&str], since: &str) -> String {
     let columns: String = carried.iter().map(|c| format!(", {c}")).collect();
     let carry: String = carried.iter().map(|c| format!(", c.{c}")).collect();
     format!(
-        "WITH RECURSIVE chain (seq{columns}) AS (
+        "WITH RECURSIVE chain (seq, device_seq{columns}) AS (
              {anchor}
              UNION ALL
-             SELECT s.prev{carry} FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq
+             SELECT s.prev, c.device_seq{carry} FROM chain c
+             JOIN heartbeat_samples s ON s.seq = c.seq AND s.device_seq = c.device_seq
              WHERE s.received_at >= {since} AND s.prev < s.seq
          )"
     )
 }
+
+/// Joins the samples named by a [`sample_chain_cte`] walk, as `s`.
+pub(crate) const SAMPLE_OF_CHAIN: &str =
+    "chain c JOIN heartbeat_samples s ON s.seq = c.seq AND s.device_seq = c.device_seq";
 
 fn metrics_json(metrics: &BTreeMap<MetricName, f64>) -> String {
     serde_json::to_string(metrics).unwrap_or_else(|_| "{}".to_owned())
@@ -477,14 +488,14 @@ pub async fn samples<D: Db>(
     limit: usize,
 ) -> Result<Vec<HealthSample>, StoreError> {
     let chain = sample_chain_cte(
-        "SELECT h.last_sample FROM device_health h JOIN devices d ON d.seq = h.device_seq WHERE d.id = $1",
+        "SELECT h.last_sample, h.device_seq FROM device_health h JOIN devices d ON d.seq = h.device_seq WHERE d.id = $1",
         &[],
         "$2",
     );
     let rows = db
         .query(
             &format!(
-                "{chain} SELECT s.observed_at, s.metrics FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq \
+                "{chain} SELECT s.observed_at, s.metrics FROM {SAMPLE_OF_CHAIN} \
                  WHERE s.observed_at >= $2 ORDER BY s.observed_at DESC, s.seq DESC LIMIT $3"
             ),
             &[

@@ -28,6 +28,7 @@ use drover_proto::Page;
 use crate::db::{placeholders, value_rows, Db, Row, Value};
 use crate::ops::artifacts::{self, ArtifactRef};
 use crate::ops::deployments::{from_wire, wire};
+use crate::ops::health::SAMPLE_OF_CHAIN;
 use crate::ops::{audit, auth::Actor, deployments, targets, ts};
 use crate::StoreError;
 
@@ -1119,7 +1120,7 @@ impl Cohort {
                  WHERE r.rollout_id = $1 AND {}",
                 self.filter()
             ),
-            &["device_seq", "finished_at"],
+            &["finished_at"],
             "$2",
         )
     }
@@ -1144,7 +1145,7 @@ async fn cohort_samples<D: Db>(
     let rows = db
         .query(
             &format!(
-                "{} SELECT c.device_seq, s.metrics FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq
+                "{} SELECT c.device_seq, s.metrics FROM {SAMPLE_OF_CHAIN}
                  WHERE s.observed_at >= $2{}",
                 cohort.sample_chains(),
                 cohort.after_update()
@@ -1198,7 +1199,7 @@ async fn crash_increment<D: Db>(
         let rows = db
             .query(
                 &format!(
-                    "{} SELECT c.device_seq, s.observed_at, s.metrics FROM chain c JOIN heartbeat_samples s ON s.seq = c.seq
+                    "{} SELECT c.device_seq, s.observed_at, s.metrics FROM {SAMPLE_OF_CHAIN}
                      WHERE s.observed_at >= $2{}",
                     cohort.sample_chains(),
                     cohort.after_update()

@@ -111,6 +111,14 @@ contract_tests! {
 
         store.delete_device(&operator(), &id("ch-b"), at(6)).await.unwrap();
         assert_eq!(store.prune_heartbeat_samples(at(100)).await.unwrap(), 10, "only ch-a's samples were left");
+
+        // With every sample pruned, new ones start new chains that lead nowhere else: ch-a's head
+        // still names a pruned sample, whose number no new sample takes.
+        let burst = (0..20).map(|_| heartbeat("ch-c", at(101), None, None, &[("n", 21.0)])).collect();
+        store.record_heartbeats(burst, options).await.unwrap();
+        store.record_heartbeats(vec![heartbeat("ch-a", at(102), None, None, &[("n", 22.0)])], options).await.unwrap();
+        assert_eq!(values(store.health_samples(&id("ch-a"), at(0), 100).await.unwrap()), vec![22.0]);
+        assert_eq!(values(store.health_samples(&id("ch-c"), at(0), 100).await.unwrap()), vec![21.0; 20]);
     }
 
     /// Heartbeats set devices online or degraded with a link score; the detector marks offline
