@@ -110,6 +110,11 @@ async fn publish_load(
             options.set_credentials(id, credential);
         }
         let (client, mut events) = AsyncClient::new(options, inflight as usize * 2);
+        // Publishes go out as soon as they are written, as from a device that has several in
+        // flight (Nagle's algorithm would hold each small one back until the last is ACKed).
+        let mut network = events.network_options();
+        network.set_tcp_nodelay(true);
+        events.set_network_options(network);
         let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         ready.push(rx);
         let (acks, counting, stop2) = (acks.clone(), counting.clone(), stop.clone());

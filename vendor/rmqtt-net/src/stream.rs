@@ -193,6 +193,14 @@ pub mod v3 {
             self.send(PacketV3::PublishAck { packet_id }).await
         }
 
+        /// DROVER PATCH: queues a publish acknowledgment without flushing, so that several go
+        /// out in one write; call `flush` after the last.
+        #[inline]
+        pub async fn feed_publish_ack(&mut self, packet_id: NonZeroU16) -> Result<()> {
+            super::feed(&mut self.io, MqttPacket::V3(PacketV3::PublishAck { packet_id }), self.cfg.send_timeout)
+                .await
+        }
+
         /// Confirms receipt of a publish (QoS 2 step 1)
         #[inline]
         pub async fn send_publish_received(&mut self, packet_id: NonZeroU16) -> Result<()> {
@@ -423,6 +431,13 @@ pub mod v5 {
             self.send(PacketV5::PublishAck(ack)).await
         }
 
+        /// DROVER PATCH: queues a publish acknowledgment without flushing, so that several go
+        /// out in one write; call `flush` after the last.
+        #[inline]
+        pub async fn feed_publish_ack(&mut self, ack: rmqtt_codec::v5::PublishAck) -> Result<()> {
+            super::feed(&mut self.io, MqttPacket::V5(PacketV5::PublishAck(ack)), self.cfg.send_timeout).await
+        }
+
         /// Confirms receipt of a publish (QoS 2 step 1)
         #[inline]
         pub async fn send_publish_received(&mut self, ack: rmqtt_codec::v5::PublishAck) -> Result<()> {
@@ -586,6 +601,24 @@ where
 }
 
 #[inline]
+/// DROVER PATCH: `send` without the flush.
+async fn feed<Io>(io: &mut Framed<Io, MqttCodec>, packet: MqttPacket, send_timeout: Duration) -> Result<()>
+where
+    Io: AsyncWrite + Unpin,
+{
+    if send_timeout.is_zero() {
+        io.feed(packet).await?;
+        Ok(())
+    } else {
+        match tokio::time::timeout(send_timeout, io.feed(packet)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
+            Err(_) => Err(MqttError::WriteTimeout),
+        }?;
+        Ok(())
+    }
+}
+
 async fn flush<Io>(io: &mut Framed<Io, MqttCodec>, send_timeout: Duration) -> Result<()>
 where
     Io: AsyncWrite + Unpin,

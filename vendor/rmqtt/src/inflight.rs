@@ -393,6 +393,12 @@ impl InInflight {
         Self { cached: BTreeSet::default(), scx, max_inflight }
     }
 
+    /// DROVER PATCH: how many more packet ids `add` would accept.
+    #[inline]
+    pub(crate) fn room(&self) -> usize {
+        (self.max_inflight as usize).saturating_sub(self.cached.len())
+    }
+
     #[inline]
     pub(crate) fn add(&mut self, pid: NonZeroU16, qos: QoS) -> std::result::Result<bool, Reason> {
         if self.cached.len() >= self.max_inflight as usize {

@@ -104,6 +104,21 @@ use crate::types::*;
 use crate::utils::timestamp_millis;
 use crate::Result;
 
+/// DROVER PATCH: the most publishes of one connection handled at once (see
+/// `SessionState::process_publishes`); fewer when the listener's `max_inflight` is smaller.
+pub const CONCURRENT_PUBLISH_MAX: usize = 32;
+
+static CONCURRENT_PUBLISH: std::sync::OnceLock<fn(&str) -> bool> = std::sync::OnceLock::new();
+
+/// DROVER PATCH: declares which topics' QoS 1 publishes may be handled concurrently with the
+/// connection's other such publishes: those whose handling does not depend on the order in
+/// which they arrive. Their PUBACKs are still sent in order. Without a call, or for any other
+/// topic, publishes are handled one at a time as upstream does. The first call wins (it is
+/// process-wide); returns whether this one did.
+pub fn set_concurrent_publish(topics: fn(&str) -> bool) -> bool {
+    CONCURRENT_PUBLISH.set(topics).is_ok()
+}
+
 /// Runtime state for an active MQTT session.
 ///
 /// Wraps a [`Session`] with its associated send/receive channels,
@@ -744,12 +759,14 @@ impl SessionState {
             Packet::V3(v3::Packet::Publish(publish)) => {
                 log::debug!("{} publish: {:?}", self.id, publish);
                 let p: Publish = publish.into();
-                self.process_publish(sink, p.create_time(timestamp_millis())).await?;
+                // DROVER PATCH: see `process_publishes`.
+                Box::pin(self.process_publishes(sink, p.create_time(timestamp_millis()), flags)).await?;
             }
             Packet::V5(v5::Packet::Publish(publish)) => {
                 log::debug!("{} publish: {:?}", self.id, publish);
                 let p: Publish = publish.into();
-                self.process_publish(sink, p.create_time(timestamp_millis())).await?;
+                // DROVER PATCH: see `process_publishes`.
+                Box::pin(self.process_publishes(sink, p.create_time(timestamp_millis()), flags)).await?;
             }
 
             Packet::V3(v3::Packet::PublishRelease { packet_id }) => {
@@ -961,6 +978,125 @@ impl SessionState {
     #[inline]
     fn packet_id(packet_id: Option<NonZeroU16>) -> std::result::Result<NonZeroU16, Reason> {
         packet_id.ok_or_else(|| Reason::ProtocolError(ByteString::from_static("packet_id is None")))
+    }
+
+    /// DROVER PATCH: handles `first` and, if it is a QoS 1 publish that the embedding server
+    /// declared order-independent ([`set_concurrent_publish`]), the further such publishes this
+    /// connection has already received (at most [`CONCURRENT_PUBLISH_MAX`], and no more than its
+    /// inbound in-flight window has room for), all at once; their
+    /// PUBACKs go out in the order the publishes arrived. Upstream handles one publish at a time,
+    /// so a connection whose publish hook waits (Drover's waits for a durable commit) has one
+    /// message in hand however many the client has in flight. The first packet that cannot join
+    /// is handled after the group, as upstream would have handled it.
+    async fn process_publishes<Io>(
+        &mut self,
+        sink: &mut Sink<Io>,
+        first: Publish,
+        flags: &mut StateFlags,
+    ) -> std::result::Result<(), Reason>
+    where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        let joins = |p: &Publish| {
+            p.qos == QoS::AtLeastOnce && CONCURRENT_PUBLISH.get().is_some_and(|f| f(&p.topic))
+        };
+        if !joins(&first) {
+            return self.process_publish(sink, first).await;
+        }
+        let mut group = vec![first];
+        let mut after: Option<Result<Option<Packet>>> = None;
+        // No more than the inbound in-flight window admits: a publish beyond it would be refused
+        // (and the connection closed) instead of waiting its turn as it does upstream.
+        let max = CONCURRENT_PUBLISH_MAX.min(self.in_inflight.room());
+        while group.len() < max {
+            // Only what is already received: never wait for more.
+            let Some(next) = futures::FutureExt::now_or_never(sink.recv()) else { break };
+            let publish = match next {
+                Ok(Some(Packet::V3(v3::Packet::Publish(p)))) => Publish::from(p),
+                Ok(Some(Packet::V5(v5::Packet::Publish(p)))) => Publish::from(p),
+                other => {
+                    after = Some(other);
+                    break;
+                }
+            };
+            let publish = publish.create_time(timestamp_millis());
+            if !joins(&publish) {
+                self.process_concurrent(sink, group).await?;
+                return self.process_publish(sink, publish).await;
+            }
+            group.push(publish);
+        }
+        self.process_concurrent(sink, group).await?;
+        match after {
+            None => Ok(()),
+            Some(Ok(Some(pkt))) => Box::pin(self.process_mqtt_message(sink, pkt, flags)).await,
+            Some(Ok(None)) => Err(Reason::ConnectRemoteClose),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// DROVER PATCH: the QoS 1 part of `process_publish` for several publishes at once: each is
+    /// admitted in order, all are published concurrently, and each is acknowledged in order.
+    async fn process_concurrent<Io>(
+        &mut self,
+        sink: &mut Sink<Io>,
+        group: Vec<Publish>,
+    ) -> std::result::Result<(), Reason>
+    where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut admitted = Vec::with_capacity(group.len());
+        let mut publishes = Vec::with_capacity(group.len());
+        let mut failed = None;
+        for publish in group {
+            let packet_id = match Self::packet_id(publish.packet_id) {
+                Ok(id) => id,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            match self.in_inflight.add(packet_id, publish.qos) {
+                Ok(res) => {
+                    admitted.push((packet_id, res));
+                    publishes.push(publish);
+                }
+                Err(e) => {
+                    //hook, Message dropped
+                    self.scx
+                        .extends
+                        .hook_mgr()
+                        .message_dropped(None, From::from_custom(self.id.clone()), publish, e.clone())
+                        .await;
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let results = {
+            let this = &*self;
+            futures::future::join_all(publishes.into_iter().map(|p| this.publish(p))).await
+        };
+        // The acknowledgments go out together, in one write.
+        let mut outcome = Ok(());
+        for ((packet_id, inflight_res), result) in admitted.into_iter().zip(results) {
+            if outcome.is_ok() {
+                outcome = match result {
+                    Ok(pubres) => sink.feed_publish_ack(packet_id, pubres).await.map_err(Reason::from),
+                    Err(e) => Err(Reason::from(e)),
+                };
+            }
+            if inflight_res {
+                self.in_inflight.remove(&packet_id);
+            }
+        }
+        let flushed = sink.flush().await.map_err(Reason::from);
+        outcome?;
+        flushed?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     #[inline]

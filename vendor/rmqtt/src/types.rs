@@ -1497,6 +1497,40 @@ where
         Ok(())
     }
 
+    /// DROVER PATCH: `send_publish_ack` without the flush; call `flush` after the last.
+    #[inline]
+    pub(crate) async fn feed_publish_ack(
+        &mut self,
+        packet_id: NonZeroU16,
+        pubres: PublishResult,
+    ) -> Result<()> {
+        match self {
+            Sink::V3(s) => {
+                s.feed_publish_ack(packet_id).await?;
+            }
+            Sink::V5(s) => {
+                let ack = PublishAckV5 {
+                    packet_id,
+                    reason_code: pubres.reason_code,
+                    properties: pubres.properties,
+                    reason_string: pubres.reason_string,
+                };
+                s.feed_publish_ack(ack).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// DROVER PATCH: writes out what `feed_publish_ack` queued.
+    #[inline]
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        match self {
+            Sink::V3(s) => s.flush().await?,
+            Sink::V5(s) => s.flush().await?,
+        }
+        Ok(())
+    }
+
     #[inline]
     pub(crate) async fn send_publish_received(
         &mut self,

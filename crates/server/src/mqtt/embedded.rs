@@ -24,8 +24,12 @@
 //! # Acknowledged once durable
 //! Device messages are handled inside rmqtt's publish-ACL hook, which the connection's task awaits
 //! before it sends the PUBACK: a QoS 1 heartbeat is acknowledged only once the store has it. A
-//! connection therefore has one message in hand at a time (natural backpressure: the broker stops
-//! reading from that socket), and at most [`MAX_IN_FLIGHT`] are handled across all connections. The
+//! connection has one message in hand at a time (natural backpressure: the broker stops reading
+//! from that socket), except that heartbeats it has already received are handled together, up to
+//! `rmqtt::session::CONCURRENT_PUBLISH_MAX` (a patch in the vendored rmqtt; their PUBACKs still go
+//! out in order, and heartbeats do not depend on their order: the store keeps the newest
+//! observation). Shadow updates and every other message stay one at a time, in order. At most
+//! [`MAX_IN_FLIGHT`] messages are handled across all connections. The
 //! hook then tells rmqtt that the message reached no subscriber, so messages devices publish are
 //! never routed (not even to the device's own `drover/{id}/#`); MQTT 5 clients see that as PUBACK
 //! reason 0x10 "no matching subscribers", which is a success. Answers and shadow deltas are
@@ -151,6 +155,7 @@ impl Listener {
             connected,
             server_id: server_id.clone(),
         });
+        rmqtt::session::set_concurrent_publish(is_heartbeat_topic);
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
@@ -490,6 +495,12 @@ fn check_subscribe(
         shared.metrics.rejected("mqtt", "forbidden");
         SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
     }
+}
+
+/// Whether `topic` is a device's heartbeat topic, whose publishes the broker may handle
+/// concurrently (see the module docs).
+fn is_heartbeat_topic(topic: &str) -> bool {
+    mqtt::split(topic).is_ok_and(|(_, rest)| rest == "heartbeat")
 }
 
 /// The PUBLISH hook, awaited before the PUBACK: handles a message on the device's own topics and

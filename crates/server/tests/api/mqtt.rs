@@ -44,7 +44,8 @@ async fn connect(
     if let Some((user, password)) = credentials {
         options.set_credentials(user, password);
     }
-    let (client, mut events) = AsyncClient::new(options, 16);
+    // Room for a burst of publishes queued before the event loop is polled.
+    let (client, mut events) = AsyncClient::new(options, 64);
     loop {
         match tokio::time::timeout(WAIT, events.poll())
             .await
@@ -184,6 +185,51 @@ fn code(rejection: &Value) -> &str {
 }
 
 api_tests! {
+    // Heartbeats a device has in flight together (more than the broker's in-flight window of 8)
+    // are all stored and acknowledged, in the order they were published; a shadow report among
+    // them is handled after the heartbeats before it, and the newest observation wins.
+    async fn heartbeats_in_flight_together_are_all_stored_and_acknowledged_in_order(app) {
+        let credential = provision(app, "mq-burst").await;
+        let mut device = Device::connect(app, "mq-burst", &credential).await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        // Observed a second apart, oldest first, all in the recent past.
+        let sent_at = |k: u64| {
+            drover_core::Timestamp::from_millis(((now - 60 + k) * 1000) as i64).to_rfc3339()
+        };
+        for k in 0..20u64 {
+            let body = json!({ "sent_at": sent_at(k), "metrics": { "n": k as f64 } });
+            device.client.publish("drover/mq-burst/heartbeat", QoS::AtLeastOnce, false, serde_json::to_vec(&body).unwrap()).await.unwrap();
+        }
+        let report = json!({ "state": { "reported": { "burst": "done" } } });
+        device.client.publish("drover/mq-burst/shadow/update", QoS::AtLeastOnce, false, serde_json::to_vec(&report).unwrap()).await.unwrap();
+        let body = json!({ "sent_at": sent_at(20), "metrics": { "n": 20.0 } });
+        device.client.publish("drover/mq-burst/heartbeat", QoS::AtLeastOnce, false, serde_json::to_vec(&body).unwrap()).await.unwrap();
+
+        let (mut published, mut acked) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + WAIT;
+        while acked.len() < 22 {
+            match device.step("22 PUBACKs", deadline).await {
+                Event::Outgoing(Outgoing::Publish(pkid)) => published.push(pkid),
+                Event::Incoming(Packet::PubAck(ack)) => acked.push(ack.pkid),
+                _ => {}
+            }
+        }
+        assert_eq!(acked, published, "PUBACKs in publish order");
+        device.expect("drover/mq-burst/shadow/update/accepted").await;
+        assert!(device.inbox.iter().all(|(topic, _)| !topic.ends_with("/rejected")), "{:?}", device.inbox);
+
+        let (_, samples) = app.get("/api/v1/devices/mq-burst/health/samples?since=1h").await;
+        let mut values: Vec<f64> = samples.as_array().unwrap().iter().map(|s| s["metrics"]["n"].as_f64().unwrap()).collect();
+        assert_eq!(values.len(), 21, "{samples}");
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "oldest first: {values:?}");
+        values.dedup();
+        assert_eq!(values.len(), 21);
+        let (_, health) = app.get("/api/v1/devices/mq-burst/health").await;
+        assert_eq!(health["metrics"]["n"], 20.0, "{health}");
+        let (_, shadow) = app.get("/api/v1/devices/mq-burst/shadow").await;
+        assert_eq!(shadow["state"]["reported"]["burst"], "done", "{shadow}");
+    }
+
     async fn offers_reach_devices_over_mqtt_and_reports_come_back(app) {
         crate::artifacts::upload(app, "sensor-fw", "1.1.0", crate::artifacts::image(2000, 1)).await;
         let credential = provision(app, "mq-ota").await;
