@@ -575,10 +575,7 @@ impl Memory {
         let field = |name: &str| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(|kb| kb * 1024)
+                .find_map(|l| kib_field(l, name))
                 .with_context(|| format!("no {name} in /proc/{pid}/status"))
         };
         Ok(Memory {
@@ -613,13 +610,6 @@ fn resident_with_data_once(pid: u32, data_dir: &Path) -> anyhow::Result<u64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
     let data_dir = data_dir.canonicalize()?;
     let data_dir = data_dir.to_string_lossy();
-    let kib = |line: &str| {
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
     let (mut total, mut in_data_dir) = (0, false);
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -629,11 +619,21 @@ fn resident_with_data_once(pid: u32, data_dir: &Path) -> anyhow::Result<u64> {
                 .split_whitespace()
                 .nth(5)
                 .is_some_and(|path| path.starts_with(&*data_dir));
-        } else if (in_data_dir && first == "Pss:") || (!in_data_dir && first == "Rss:") {
-            total += kib(line);
+        } else if let Some(bytes) = kib_field(line, if in_data_dir { "Pss:" } else { "Rss:" }) {
+            total += bytes;
         }
     }
     Ok(total)
+}
+
+/// The bytes in a `/proc` line `NAME   N kB`, if the line is `name`'s.
+fn kib_field(line: &str, name: &str) -> Option<u64> {
+    line.strip_prefix(name)?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 /// Starts `mosquitto -p PORT` on a free loopback port (its default local-only, anonymous mode).

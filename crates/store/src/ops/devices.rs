@@ -16,7 +16,7 @@ use drover_proto::Page;
 use tokio::sync::mpsc::Receiver;
 
 use crate::db::{placeholders, value_rows, Db, Row, Value};
-use crate::ops::{audit, auth::Actor, provision, ts};
+use crate::ops::{audit, auth::Actor, health, provision, ts};
 use crate::{secret, StoreError};
 
 /// Columns read into a [`Device`], in [`device_from_row`] order, with `d` as the table alias.
@@ -494,7 +494,7 @@ pub async fn delete<D: Db>(
     let (seq, before) = get_with_seq(db, id, true).await?;
     // Raw samples do not reference the device (see migration 0009): its chain goes first, while
     // its latest-health row still names the head.
-    let chain = crate::ops::health::sample_chain_cte(
+    let chain = health::sample_chain_cte(
         "SELECT last_sample, device_seq FROM device_health WHERE device_seq = $1",
         &[],
         "0",
@@ -502,7 +502,7 @@ pub async fn delete<D: Db>(
     db.execute(
         &format!(
             "{chain} DELETE FROM heartbeat_samples WHERE seq IN (SELECT s.seq FROM {})",
-            crate::ops::health::SAMPLE_OF_CHAIN
+            health::SAMPLE_OF_CHAIN
         ),
         &[Value::Int(seq)],
     )

@@ -28,7 +28,7 @@ use drover_proto::Page;
 use crate::db::{placeholders, value_rows, Db, Row, Value};
 use crate::ops::artifacts::{self, ArtifactRef};
 use crate::ops::deployments::{from_wire, wire};
-use crate::ops::health::SAMPLE_OF_CHAIN;
+use crate::ops::health::{sample_chain_cte, SAMPLE_OF_CHAIN};
 use crate::ops::{audit, auth::Actor, deployments, targets, ts};
 use crate::StoreError;
 
@@ -1113,7 +1113,7 @@ impl Cohort {
     /// `chain (seq, device_seq, finished_at)`: the samples of this cohort of rollout `$1` received
     /// since `$2`, found by walking each device's sample chain back from its newest.
     fn sample_chains(self) -> String {
-        crate::ops::health::sample_chain_cte(
+        sample_chain_cte(
             &format!(
                 "SELECT h.last_sample, r.device_seq, r.finished_at FROM rollout_devices r
                  JOIN device_health h ON h.device_seq = r.device_seq
